@@ -1,0 +1,136 @@
+"""The public Python API: what the CLI commands do, callable from a notebook with the same defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch.nn as nn
+import yaml
+
+from yoloprune import checkpoint
+from yoloprune.errors import UserError
+from yoloprune.importance import CRITERIA
+from yoloprune.space import PruneSpace, analyse as _analyse
+
+
+@dataclass
+class LoadedModel:
+    """A user's model with what yoloprune needs to know about it."""
+
+    model: nn.Module
+    train_args: dict
+    source: str
+    imgsz: int
+
+
+def load(weights: str | Path, imgsz: int | None = None) -> LoadedModel:
+    """Load a .pt checkpoint or model YAML; `imgsz` defaults to the checkpoint's training size."""
+    model, train_args = checkpoint.load_model(weights)
+    size = imgsz or checkpoint.default_imgsz(train_args)
+    stride = int(max(model.stride)) if hasattr(model, "stride") else 32
+    if size % stride:
+        raise UserError(f"--imgsz {size} is not a multiple of the model stride {stride}")
+    return LoadedModel(model, train_args, str(weights), size)
+
+
+def analyse(loaded: LoadedModel, round_to: int = 8) -> PruneSpace:
+    """The prunable channel groups and FLOPs model of a loaded model."""
+    if round_to < 1:
+        raise UserError(f"--round-to must be >= 1, got {round_to}")
+    return _analyse(loaded.model, loaded.imgsz, round_to)
+
+
+def read_rates(path: str | Path) -> dict[str, float]:
+    """A rates file: YAML mapping {group name: prune rate in [0, 1)}."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"rates file not found: {path}")
+    try:
+        rates = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) for v in rates.values()):
+        raise UserError(f"{path} must map group names to prune rates, e.g. 'model.2.cv1: 0.25'")
+    return {str(k): float(v) for k, v in rates.items()}
+
+
+def check_rates(space: PruneSpace, rates: dict[str, float]) -> None:
+    """Raise UserError on unknown group names or rates outside [0, 1)."""
+    unknown = sorted(set(rates) - set(space.names))
+    if unknown:
+        raise UserError(f"unknown group name(s): {', '.join(unknown[:5])} (list them with 'yoloprune layers')")
+    bad = {k: v for k, v in rates.items() if not 0.0 <= v < 1.0}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise UserError(f"prune rate of '{name}' is {value}; rates are the fraction removed, in [0, 1)")
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    rates: dict[str, float]
+    flops_before: float
+    flops_after: float
+    params_before: int
+    params_after: int
+
+
+def prune(loaded: LoadedModel, rates: dict[str, float], criterion: str = "l1", round_to: int = 8,
+          space: PruneSpace | None = None) -> PruneResult:
+    """Structurally prune `loaded.model` by {group: prune rate} (fraction of channels removed)."""
+    from yoloprune.pruner import prune as prune_model
+
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
+    space = space or analyse(loaded, round_to)
+    check_rates(space, rates)
+    pruned = prune_model(loaded.model, space, rates, criterion)
+    vec = space.rates_vector(rates)[None]
+    return PruneResult(pruned, dict(rates), float(space.flops()[0]), float(space.flops(vec)[0]),
+                       _params(loaded.model), _params(pruned))
+
+
+def uniform_rates(space: PruneSpace, ratio: float) -> dict[str, float]:
+    """The same prune rate for every group."""
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"--ratio {ratio} is outside [0, 1): it is the fraction of channels removed")
+    return {name: float(ratio) for name in space.names}
+
+
+def save_pruned(result: PruneResult, loaded: LoadedModel, out: str | Path, criterion: str,
+                extra: dict | None = None) -> Path:
+    """Save a pruned model as a stock Ultralytics checkpoint with its provenance inside."""
+    source = Path(loaded.source)
+    provenance = {
+        "source": str(source),
+        "source_sha256": checkpoint.file_sha256(source) if source.is_file() else None,
+        "rates": result.rates, "criterion": criterion, "imgsz": loaded.imgsz,
+        "flops_before": result.flops_before, "flops_after": result.flops_after,
+        "params_before": result.params_before, "params_after": result.params_after, **(extra or {}),
+    }
+    args = dict(loaded.train_args) or {"imgsz": loaded.imgsz}
+    return checkpoint.save_checkpoint(result.model, out, args, provenance)
+
+
+def _params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def flops_ratio(space: PruneSpace, rates: dict[str, float]) -> float:
+    """FLOPs kept by `rates` as a fraction of the unpruned model."""
+    return float(space.flops_ratio(space.rates_vector(rates)[None])[0])
+
+
+def group_table(space: PruneSpace) -> list[dict]:
+    """The groups as plain dicts (the `layers --json` schema)."""
+    return [{"name": g.name, "channels": g.channels, "parts": len(g.parts), "min_keep": g.min_keep * len(g.parts),
+             "flops_share": round(g.flops_share, 6), "members": [m.removesuffix(".conv") for m in g.convs]}
+            for g in space.groups]
+
+
+def prunable_flops_share(space: PruneSpace) -> float:
+    """Share of conv FLOPs in convs that any group touches."""
+    everything = np.full((1, len(space.groups)), 1.0)
+    return float(1.0 - space.flops(everything, rounded=False)[0] / space.flops()[0])
