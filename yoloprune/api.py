@@ -114,6 +114,27 @@ def save_pruned(result: PruneResult, loaded: LoadedModel, out: str | Path, crite
     return checkpoint.save_checkpoint(result.model, out, args, provenance)
 
 
+def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_images: int | None = None,
+             imgsz: int | None = None, batch: int = 32, slice_seed: int | None = None, recalibrate: bool = False,
+             calib_images: int = 200, image_dir: str | None = None):
+    """mAP50-95 and mAP50 (pycocotools) of a model on a slice of a data set's split."""
+    from yoloprune.data import load_split, subset, take_slice
+    from yoloprune.evaluate import calibration_batches, evaluate as run_eval, recalibrate_bn
+
+    if val_images is not None and val_images < 1:
+        raise UserError(f"--val-images must be >= 1, got {val_images}")
+    loaded = load(weights, imgsz)
+    det = load_split(data, split, loaded.model.names, image_dir)
+    det = subset(det, take_slice(det, val_images, slice_seed))
+    if recalibrate:
+        from yoloprune.data import dataset_yaml
+
+        info = dataset_yaml(data)
+        calib_split = "calib" if info.get("calib") else "train"
+        recalibrate_bn(loaded.model, calibration_batches(data, calib_split, calib_images, loaded.imgsz, batch))
+    return run_eval(loaded.model, det, loaded.imgsz, batch)
+
+
 def _params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 

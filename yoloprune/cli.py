@@ -67,6 +67,18 @@ def cmd_prune(args) -> None:
     ])
 
 
+def cmd_eval(args) -> None:
+    from yoloprune import api
+
+    r = api.evaluate(args.weights, args.data, split=args.split, val_images=args.val_images, imgsz=args.imgsz,
+                     batch=args.batch, slice_seed=args.slice_seed, recalibrate=args.recalibrate,
+                     calib_images=args.calib_images, image_dir=args.images)
+    payload = {"weights": args.weights, "data": args.data, "split": args.split, "map50_95": r.map50_95,
+               "map50": r.map50, "images": r.images, "seconds": r.seconds}
+    _emit(args, payload, [f"{args.weights} on {r.images} {args.split} images of {args.data}: "
+                          f"mAP50-95 {r.map50_95:.4f}  mAP50 {r.map50:.4f}  ({r.seconds:.1f} s, pycocotools)"])
+
+
 def cmd_not_ready(args) -> None:
     from yoloprune.errors import UserError
 
@@ -101,8 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output checkpoint (.pt), loadable by ultralytics.YOLO")
     p.set_defaults(func=cmd_prune)
 
-    for name, text in (("eval", "mAP50-95 / mAP50 by pycocotools on a val slice"),
-                       ("search", "Bayesian optimisation of per-group rates under a FLOPs budget"),
+    p = sub.add_parser("eval", help="mAP50-95 / mAP50 by pycocotools on a val slice")
+    common(p)
+    p.add_argument("--data", required=True, help="Ultralytics dataset YAML, or a COCO annotation JSON (+ --images)")
+    p.add_argument("--images", help="image folder of a COCO JSON (default: ../images/<split> beside it)")
+    p.add_argument("--split", default="val", help="split of a dataset YAML (default val)")
+    p.add_argument("--val-images", type=int, default=None, help="first N images of the split (default: all)")
+    p.add_argument("--slice-seed", type=int, default=None, help="take a seeded random slice instead of the first N")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--device", default="cpu", choices=["cpu"], help="inference device (CPU only in this version)")
+    p.add_argument("--recalibrate", action="store_true", help="re-estimate BatchNorm statistics first")
+    p.add_argument("--calib-images", type=int, default=200, help="calibration images for --recalibrate")
+    p.set_defaults(func=cmd_eval)
+
+    for name, text in (("search", "Bayesian optimisation of per-group rates under a FLOPs budget"),
                        ("bench", "ONNX Runtime latency, FLOPs and params side by side"),
                        ("finetune", "fine-tune a pruned model, keeping its architecture"),
                        ("demo", "the whole pipeline on the embedded default")):

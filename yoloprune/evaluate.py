@@ -1,0 +1,225 @@
+"""mAP by pycocotools on a validation slice, and the trial evaluator the search calls.
+
+Images are read and letterboxed once (uint8, in memory) the way Ultralytics' validator does
+with rect=False; NMS is Ultralytics' own; COCOeval scores at most 100 detections per image.
+The trial evaluator also recalibrates BatchNorm statistics of each candidate on fixed
+augmented training batches before scoring (EagleEye): a pruned model's stale statistics
+say little about what it will reach after fine-tuning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+
+from yoloprune.data import DetSplit, dataset_yaml, load_split, split_images, subset, take_slice
+from yoloprune.errors import UserError
+
+CONF, IOU, MAX_DET = 0.001, 0.7, 100
+
+
+@dataclass
+class EvalResult:
+    map50_95: float
+    map50: float
+    images: int
+    seconds: float
+
+
+@dataclass
+class LetterboxedImages:
+    pixels: torch.Tensor  # (N, 3, S, S) uint8, RGB
+    shapes: list[tuple[int, int]]  # original (h, w)
+
+
+def letterbox(paths: list[Path], imgsz: int) -> LetterboxedImages:
+    """Read and letterbox images like Ultralytics' val loader (long side to imgsz, pad 114)."""
+    from ultralytics.data.augment import LetterBox
+
+    box = LetterBox(new_shape=(imgsz, imgsz), auto=False, scaleup=False)
+    out = torch.empty((len(paths), 3, imgsz, imgsz), dtype=torch.uint8)
+    shapes = []
+    for i, p in enumerate(paths):
+        img = cv2.imread(str(p))
+        if img is None:
+            raise UserError(f"cannot read image {p}")
+        h0, w0 = img.shape[:2]
+        r = imgsz / max(h0, w0)
+        if r != 1:
+            interp = cv2.INTER_LINEAR if r > 1 else cv2.INTER_AREA
+            img = cv2.resize(img, (min(round(w0 * r), imgsz), min(round(h0 * r), imgsz)), interpolation=interp)
+        img = box(image=img)
+        out[i] = torch.from_numpy(np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)))
+        shapes.append((h0, w0))
+    return LetterboxedImages(out, shapes)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, pixels: torch.Tensor, batch: int = 32) -> list[torch.Tensor]:
+    """Detections (x1, y1, x2, y2, conf, cls) per image, in letterboxed coordinates."""
+    from ultralytics.utils.nms import non_max_suppression
+
+    model.eval()
+    head = model.model[-1] if hasattr(model, "model") else None
+    end2end = bool(getattr(head, "end2end", False))
+    dtype = next(model.parameters()).dtype
+    out: list[torch.Tensor] = []
+    for k in range(0, len(pixels), batch):
+        x = pixels[k:k + batch].to(dtype) / 255.0
+        preds = model(x)
+        out += non_max_suppression(preds, CONF, IOU, multi_label=True, max_det=MAX_DET, end2end=end2end)
+    return out
+
+
+def coco_map(det: DetSplit, detections: list[torch.Tensor], shapes: list[tuple[int, int]], imgsz: int) -> tuple[float, float]:
+    """(mAP50-95, mAP50) of `detections` against `det`'s ground truth, by pycocotools COCOeval."""
+    from ultralytics.utils.ops import scale_boxes
+
+    results = []
+    for image_id, (d, shape) in enumerate(zip(detections, shapes)):
+        if len(d) == 0:
+            continue
+        boxes = scale_boxes((imgsz, imgsz), d[:, :4].clone().float(), shape).numpy()
+        for (x1, y1, x2, y2), score, cls in zip(boxes, d[:, 4].tolist(), d[:, 5].int().tolist()):
+            results.append({"image_id": image_id, "category_id": det.class_to_category[cls],
+                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": score})
+    return coco_score(det.coco, results)
+
+
+def coco_score(gt: dict, results: list[dict]) -> tuple[float, float]:
+    """(mAP50-95, mAP50) of COCO-format results against a COCO ground-truth dict."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results or not gt["annotations"]:
+        return 0.0, 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {**gt, "annotations": [{**a, "id": k + 1} for k, a in enumerate(gt["annotations"])]}
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        e = COCOeval(coco_gt, coco_dt, "bbox")
+        e.params.imgIds = [im["id"] for im in gt["images"]]
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    return float(max(e.stats[0], 0.0)), float(max(e.stats[1], 0.0))
+
+
+def evaluate(model: nn.Module, det: DetSplit, imgsz: int, batch: int = 32,
+             images: LetterboxedImages | None = None) -> EvalResult:
+    """mAP of `model` on all images of `det` (letterboxed here unless given)."""
+    t0 = time.perf_counter()
+    images = images or letterbox(det.images, imgsz)
+    detections = predict(model, images.pixels, batch)
+    m, m50 = coco_map(det, detections, images.shapes, imgsz)
+    return EvalResult(m, m50, len(det.images), time.perf_counter() - t0)
+
+
+# -- BatchNorm recalibration -------------------------------------------------------------
+def calibration_batches(data: str | Path, split: str, n: int, imgsz: int, batch: int = 32,
+                        seed: int = 0) -> list[torch.Tensor]:
+    """`n` images of `split` drawn once through Ultralytics' training augmentation (mosaic off)."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_yolo_dataset
+
+    info = dataset_yaml(data)
+    if not split_images(info, split):
+        raise UserError(f"no calibration images in split '{split}' of {data}")
+    cfg = get_cfg(overrides={"imgsz": imgsz, "mosaic": 0.0, "mixup": 0.0, "cutmix": 0.0, "copy_paste": 0.0,
+                             "task": "detect", "mode": "train", "cache": False, "workers": 0})
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        dataset = build_yolo_dataset(cfg, info[split], batch, info, mode="train")
+    state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        imgs = [dataset[i]["img"] for i in range(min(n, len(dataset)))]
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.random.set_rng_state(state[2])
+    return [torch.stack(imgs[k:k + batch]) for k in range(0, len(imgs), batch)]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    model.eval()
+    saved = []
+    for bn in bns:
+        saved.append(bn.momentum)
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    dtype = next(model.parameters()).dtype
+    try:
+        for x in batches:
+            model(x.to(dtype) / 255.0)
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+        model.eval()
+
+
+# -- the search's evaluator ----------------------------------------------------------------
+class TrialEvaluator:
+    """Scores candidate models on a fixed search slice, with BN recalibration; built once per search.
+
+    The search slice comes from `split` (default val); the final-check slice is the test
+    split when the data set has one, else the val images the search slice does not use.
+    """
+
+    def __init__(self, data: str | Path, model_names: dict[int, str], imgsz: int, val_images: int = 200,
+                 calib_images: int = 200, calib_split: str | None = None, recalibrate: bool = True,
+                 slice_seed: int | None = None, batch: int = 32, final_images: int | None = 500,
+                 final_split: str | None = None) -> None:
+        self.imgsz, self.batch, self.recalibrate = imgsz, batch, recalibrate
+        val = load_split(data, "val", model_names)
+        idx = take_slice(val, val_images, slice_seed)
+        self.search = subset(val, idx)
+        self.search_images = letterbox(self.search.images, imgsz)
+        info = dataset_yaml(data) if not str(data).endswith(".json") else {}
+        split = final_split or ("test" if info.get("test") else None)
+        if split:
+            final = load_split(data, split, model_names)
+            self.final = subset(final, take_slice(final, final_images))
+        else:
+            self.final = subset(val, take_slice(val, final_images, slice_seed, exclude=set(idx)))
+        self._final_images: LetterboxedImages | None = None
+        self.calibration: list[torch.Tensor] = []
+        if recalibrate and not info:
+            raise UserError("BN recalibration needs a dataset YAML with a train split (or turn recalibration off)")
+        if recalibrate:
+            c_split = calib_split or ("calib" if info.get("calib") else "train")
+            self.calibration = calibration_batches(data, c_split, calib_images, imgsz, batch)
+
+    def score(self, model: nn.Module) -> EvalResult:
+        """mAP of `model` on the search slice (recalibrated first, in place, if enabled)."""
+        t0 = time.perf_counter()
+        if self.recalibrate:
+            recalibrate_bn(model, self.calibration)
+        r = evaluate(model, self.search, self.imgsz, self.batch, self.search_images)
+        r.seconds = time.perf_counter() - t0
+        return r
+
+    def final_check(self, model: nn.Module) -> EvalResult:
+        """mAP on the final-check slice, disjoint from the search slice (recalibrated if enabled)."""
+        if self._final_images is None:
+            self._final_images = letterbox(self.final.images, self.imgsz)
+        if self.recalibrate:
+            recalibrate_bn(model, self.calibration)
+        return evaluate(model, self.final, self.imgsz, self.batch, self._final_images)
