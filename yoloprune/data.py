@@ -57,15 +57,20 @@ def dataset_yaml(path: str | Path) -> dict:
         raise UserError(f"{path}: {str(e).strip().splitlines()[0]}") from None
 
 
-def split_images(data: dict, split: str) -> list[Path]:
-    """Image files of `split` (a folder, a list file, or a list of either) in sorted order."""
+def split_paths(data: dict, split: str) -> list[Path]:
+    """The folder(s) or list file(s) a split names, as absolute paths."""
     entry = data.get(split)
     if not entry:
         raise UserError(f"the data set has no '{split}' split")
     root = Path(data.get("path", "."))
+    return [Path(item) if Path(item).is_absolute() else root / item
+            for item in (entry if isinstance(entry, list) else [entry])]
+
+
+def split_images(data: dict, split: str) -> list[Path]:
+    """Image files of `split` (a folder, a list file, or a list of either) in sorted order."""
     files: list[Path] = []
-    for item in entry if isinstance(entry, list) else [entry]:
-        p = Path(item) if Path(item).is_absolute() else root / item
+    for p in split_paths(data, split):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file() and p.suffix == ".txt":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from yoloprune.data import DetSplit, dataset_yaml, load_split, split_images, subset, take_slice
+from yoloprune.data import DetSplit, dataset_yaml, load_split, split_images, split_paths, subset, take_slice
 from yoloprune.errors import UserError
 
 CONF, IOU, MAX_DET = 0.001, 0.7, 100
@@ -138,7 +138,7 @@ def calibration_batches(data: str | Path, split: str, n: int, imgsz: int, batch:
     cfg = get_cfg(overrides={"imgsz": imgsz, "mosaic": 0.0, "mixup": 0.0, "cutmix": 0.0, "copy_paste": 0.0,
                              "task": "detect", "mode": "train", "cache": False, "workers": 0})
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        dataset = build_yolo_dataset(cfg, info[split], batch, info, mode="train")
+        dataset = build_yolo_dataset(cfg, [str(p) for p in split_paths(info, split)], batch, info, mode="train")
     state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     random.seed(seed)
     np.random.seed(seed)
