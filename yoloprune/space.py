@@ -56,6 +56,7 @@ class PruneSpace:
     out_fixed: np.ndarray = None
     a_out: np.ndarray = None
     part_group: np.ndarray = None  # group index of each part
+    other_flops: float = 0.0  # FLOPs of ops outside the traced convs (attention matmuls, transposed convs)
 
     def group(self, name: str) -> Group:
         for g in self.groups:
@@ -94,7 +95,7 @@ class PruneSpace:
         f = self.keep_fractions(rates, rounded)
         cin = self.in_fixed + f @ self.a_in.T
         cout = self.out_fixed + f @ self.a_out.T
-        return 2.0 * (cin * cout) @ self.weight
+        return 2.0 * (cin * cout) @ self.weight + self.other_flops
 
     def flops_ratio(self, rates: np.ndarray, rounded: bool = True) -> np.ndarray:
         return self.flops(rates, rounded) / self.flops()[0]
@@ -200,6 +201,7 @@ def analyse(model: nn.Module, imgsz: int = 640, round_to: int = 8) -> PruneSpace
         step = round_to if g.part_size >= round_to else 1
         g.min_keep = min(g.part_size, step * math.ceil(MIN_KEEP_SHARE * g.part_size / step))
     _build_flops_model(space)
+    space.other_flops = _untraced_flops(model, space)
     total = space.flops()[0]
     for i, g in enumerate(groups):
         rates = np.zeros((1, len(groups)))
@@ -281,6 +283,19 @@ def _build_flops_model(space: PruneSpace) -> None:
     space.a_in, space.a_out = a_in, a_out
     space.in_fixed, space.out_fixed, space.weight = in_fixed, out_fixed, weight
     space.part_group = np.array(part_group, int)
+
+
+def _untraced_flops(model: nn.Module, space: PruneSpace) -> float:
+    """FLOPs torch's counter sees beyond the traced convs, measured at the trace size and scaled by area."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = space.graph.trace_imgsz
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    traced = space.flops()[0] * (size / space.imgsz) ** 2
+    return max(0.0, counter.get_total_flops() - traced) * (space.imgsz / size) ** 2
 
 
 def _short(conv_name: str) -> str:
