@@ -193,12 +193,12 @@ class TrialEvaluator:
         self.search = subset(val, idx)
         self.search_images = letterbox(self.search.images, imgsz)
         info = dataset_yaml(data) if not str(data).endswith(".json") else {}
-        split = final_split or ("test" if info.get("test") else None)
-        if split:
+        split = final_split or ("test" if info.get("test") else "val")
+        if split == "val":  # the val images the search slice leaves out
+            self.final = subset(val, take_slice(val, final_images, slice_seed, exclude=set(idx)))
+        else:
             final = load_split(data, split, model_names)
             self.final = subset(final, take_slice(final, final_images))
-        else:
-            self.final = subset(val, take_slice(val, final_images, slice_seed, exclude=set(idx)))
         self._final_images: LetterboxedImages | None = None
         self.calibration: list[torch.Tensor] = []
         if recalibrate and not info:
