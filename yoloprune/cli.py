@@ -79,6 +79,69 @@ def cmd_eval(args) -> None:
                           f"mAP50-95 {r.map50_95:.4f}  mAP50 {r.map50:.4f}  ({r.seconds:.1f} s, pycocotools)"])
 
 
+def cmd_search(args) -> None:
+    from yoloprune.search import SearchConfig, run_search
+
+    cfg = SearchConfig(weights=args.weights, data=args.data, target_flops=args.target_flops, trials=args.trials,
+                       strategy=args.strategy, val_images=args.val_images, calib_images=args.calib_images,
+                       imgsz=args.imgsz, seed=args.seed, criterion=args.criterion, round_to=args.round_to,
+                       recalibrate=not args.no_recalibrate, project=args.project, name=args.name, resume=args.resume)
+    bar = None
+
+    def on_trial(trial: dict, best: dict, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=trial["trial"], desc="search", unit="trial", file=sys.stderr,
+                       disable=args.json and not sys.stderr.isatty())
+        bar.update(1)
+        bar.set_postfix(best=f"{best['map50_95']:.4f}", last=f"{trial['map50_95']:.4f}")
+
+    summary = run_search(cfg, on_trial)
+    if bar is not None:
+        bar.close()
+    b = summary["best"]
+    _emit(args, summary, [
+        f"run folder  {summary['run_dir']}  ({summary['trials']} trials, {summary['strategy']})",
+        f"best trial  {b['trial']}: FLOPs kept {b['flops_ratio']:.1%}, mAP50-95 {b['map50_95']:.4f} on the search "
+        f"slice, {b['final_check_map50_95']:.4f} on {b['final_check_images']} final-check images",
+        f"pruned      {summary['pruned']}",
+        f"BO overhead {summary['bo_overhead_share']:.1%} of trial time; "
+        f"{summary['mean_trial_eval_seconds']:.1f} s per trial evaluation",
+    ])
+
+
+def cmd_bench(args) -> None:
+    from yoloprune import api
+    from yoloprune.bench import ONNX_OPSET, benchmark
+    from yoloprune.errors import UserError
+
+    try:
+        threads = tuple(int(t) for t in args.threads.split(","))
+    except ValueError:
+        raise UserError(f"--threads must be a comma-separated list of integers, got '{args.threads}'") from None
+    imgsz = args.imgsz
+    if imgsz is None:
+        if args.weights[0].endswith(".onnx"):
+            raise UserError("--imgsz is required when the first model is an .onnx file")
+        imgsz = api.load(args.weights[0]).imgsz
+    models = benchmark(args.weights, imgsz, threads, args.batch, args.runs, args.warmup)
+    payload = {"imgsz": imgsz, "batch": args.batch, "runs": args.runs, "opset": ONNX_OPSET,
+               "models": [{"weights": m.weights, "flops": m.flops, "params": m.params, "onnx_bytes": m.onnx_bytes,
+                           "onnx_max_abs_diff": m.max_abs_diff, "threads": {str(t): v for t, v in m.latency.items()}}
+                          for m in models]}
+    lines = [f"ONNX Runtime CPU, {imgsz} px, batch {args.batch}, {args.runs} alternating runs, opset {ONNX_OPSET}",
+             f"{'model':<40}{'GFLOPs':>8}{'params M':>9}{'MB':>6}" + "".join(
+                 f"{f'{t}T p50':>10}{'p90':>8}{'p99':>8}{'x':>6}" for t in threads)]
+    for m in models:
+        lines.append(f"{Path(m.weights).name[:39]:<40}{m.flops / 1e9:>8.3f}{m.params / 1e6:>9.3f}"
+                     f"{m.onnx_bytes / 1e6:>6.1f}" + "".join(
+                         f"{m.latency[t]['p50_ms']:>10.2f}{m.latency[t]['p90_ms']:>8.2f}{m.latency[t]['p99_ms']:>8.2f}"
+                         f"{m.latency[t]['speedup']:>6.2f}" for t in threads))
+    _emit(args, payload, lines)
+
+
 def cmd_not_ready(args) -> None:
     from yoloprune.errors import UserError
 
@@ -126,9 +189,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=200, help="calibration images for --recalibrate")
     p.set_defaults(func=cmd_eval)
 
-    for name, text in (("search", "Bayesian optimisation of per-group rates under a FLOPs budget"),
-                       ("bench", "ONNX Runtime latency, FLOPs and params side by side"),
-                       ("finetune", "fine-tune a pruned model, keeping its architecture"),
+    p = sub.add_parser("search", help="Bayesian optimisation of per-group prune rates under a FLOPs budget")
+    common(p)
+    p.add_argument("--data", required=True, help="Ultralytics dataset YAML (search slice from val, final check "
+                   "from test if present, BN calibration from calib or train)")
+    p.add_argument("--target-flops", type=float, required=True,
+                   help="fraction of the unpruned FLOPs to KEEP, e.g. 0.5 (rates, by contrast, are fractions removed)")
+    p.add_argument("--trials", type=int, default=60, help="evaluations, initial design included (default 60)")
+    p.add_argument("--strategy", default="hdbo", help="hdbo (default), bocr, saas, random, uniform, global")
+    p.add_argument("--val-images", type=int, default=200, help="search slice size (default 200)")
+    p.add_argument("--calib-images", type=int, default=200, help="BN calibration images (default 200)")
+    p.add_argument("--no-recalibrate", action="store_true", help="score candidates with stale BN statistics")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--criterion", default="l1", choices=CRITERIA, help="which channels go (default l1)")
+    p.add_argument("--round-to", type=int, default=8, help="kept channel counts are multiples of this (default 8)")
+    p.add_argument("--project", default="runs/search", help="parent folder of run folders (default runs/search)")
+    p.add_argument("--name", default=None, help="run folder name (default: next expN)")
+    p.add_argument("--resume", action="store_true", help="continue the named run (default: the latest)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("bench", help="ONNX export and ONNX Runtime CPU latency, FLOPs, params side by side")
+    p.add_argument("--weights", required=True, nargs="+", help=".pt, .yaml or .onnx models; speedups are over the first")
+    p.add_argument("--imgsz", type=int, default=None, help="image size (default: the first checkpoint's training size)")
+    p.add_argument("--threads", default="1,2", help="comma-separated ORT intra-op thread counts (default 1,2)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model and thread count (default 50)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_bench)
+
+    for name, text in (("finetune", "fine-tune a pruned model, keeping its architecture"),
                        ("demo", "the whole pipeline on the embedded default")):
         p = sub.add_parser(name, help=text + " (not implemented yet)")
         p.add_argument("rest", nargs=argparse.REMAINDER)

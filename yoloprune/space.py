@@ -80,13 +80,20 @@ class PruneSpace:
     def keep_fractions(self, rates: np.ndarray, rounded: bool = True) -> np.ndarray:
         """Per-part kept fraction for a (B, G) array of rates; rounded as the pruner rounds."""
         rates = np.atleast_2d(np.asarray(rates, float))
+        size = np.array([g.part_size for g in self.groups], float)
+        min_keep = np.array([g.min_keep for g in self.groups], float)
+        keep = size * (1.0 - rates)
         if rounded:
-            keep = np.array([[self.kept_count(g, r) / g.part_size for g, r in zip(self.groups, row)]
-                             for row in rates])
-        else:
-            mins = np.array([g.min_keep / g.part_size for g in self.groups])
-            keep = np.maximum(1.0 - rates, mins)
-        return keep[:, self.part_group]
+            step = np.where(size >= self.round_to, self.round_to, 1)
+            keep = np.round(keep / step) * step
+        keep = np.minimum(size, np.maximum(min_keep, keep))
+        return (keep / size)[:, self.part_group]
+
+    def realised_rates(self, rates: np.ndarray) -> np.ndarray:
+        """The rates the pruner actually applies (after rounding and minimum keep), (B, G)."""
+        rates = np.atleast_2d(np.asarray(rates, float))
+        first_part = np.array([int(np.argmax(self.part_group == i)) for i in range(len(self.groups))])
+        return 1.0 - self.keep_fractions(rates)[:, first_part]
 
     def flops(self, rates: np.ndarray | None = None, rounded: bool = True) -> np.ndarray:
         """Conv FLOPs (2 x MACs) for a (B, G) array of rates; None means the unpruned model."""

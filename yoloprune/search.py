@@ -1,0 +1,227 @@
+"""The search loop: propose rates, prune, recalibrate, score, log; then re-check and save the best.
+
+Run folders are `runs/search/expN`. Each finished trial is appended to `trials.jsonl`
+before the next starts; `resume=True` continues the named (or latest) run from its log
+and refuses when the weights, data or budget differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from yoloprune import api
+from yoloprune.budget import Budget
+from yoloprune.errors import UserError
+from yoloprune.evaluate import TrialEvaluator
+from yoloprune.importance import CRITERIA, unit_scores
+from yoloprune.pruner import prune, removed_units
+from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
+                                  make_strategy)
+from yoloprune.trialstore import TrialStore
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search run depends on (its identity is checked on resume)."""
+
+    weights: str
+    data: str
+    target_flops: float
+    trials: int = 60
+    strategy: str = "hdbo"
+    val_images: int = 200
+    calib_images: int = 200
+    imgsz: int | None = None
+    seed: int = 0
+    criterion: str = "l1"
+    round_to: int = 8
+    recalibrate: bool = True
+    project: str = "runs/search"
+    name: str | None = None
+    resume: bool = False
+
+
+IDENTITY = ("weights_sha256", "data", "target_flops", "imgsz", "criterion", "round_to", "val_images", "calib_images",
+            "recalibrate", "strategy", "seed")
+
+
+def check_config(cfg: SearchConfig) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy '{cfg.strategy}' (choose from {', '.join(STRATEGIES)})")
+    if cfg.trials < 1:
+        raise UserError(f"--trials must be >= 1, got {cfg.trials}")
+    if not 0.0 < cfg.target_flops < 1.0:
+        raise UserError(f"--target-flops {cfg.target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
+    if cfg.criterion not in CRITERIA:
+        raise UserError(f"unknown criterion '{cfg.criterion}' (choose from {', '.join(CRITERIA)})")
+
+
+def run_dir_for(cfg: SearchConfig) -> Path:
+    """The run folder: the named or latest one on resume, else the next free expN."""
+    project = Path(cfg.project)
+    runs = sorted((p for p in project.glob("exp*") if re.fullmatch(r"exp\d*", p.name)),
+                  key=lambda p: int(p.name[3:] or 1))
+    if cfg.resume:
+        target = project / cfg.name if cfg.name else (runs[-1] if runs else None)
+        if target is None or not (target / "meta.json").exists():
+            raise UserError(f"nothing to resume in {target or project}")
+        return target
+    if cfg.name:
+        target = project / cfg.name
+        if (target / "trials.jsonl").exists():
+            raise UserError(f"{target} already holds a search; pass --resume to continue it or another --name")
+        return target
+    n = max((int(p.name[3:] or 1) for p in runs), default=0) + 1
+    return project / ("exp" if n == 1 else f"exp{n}")
+
+
+def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | None = None) -> dict:
+    """Run (or resume) a search and return its summary (also written to summary.json)."""
+    check_config(cfg)
+    loaded = api.load(cfg.weights, cfg.imgsz)
+    space = api.analyse(loaded, cfg.round_to)
+    budget = Budget(space, cfg.target_flops)
+    total = 1 if cfg.strategy in DETERMINISTIC else cfg.trials
+    run_dir = run_dir_for(cfg)
+    meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total,
+            "weights_sha256": api.checkpoint.file_sha256(cfg.weights) if Path(cfg.weights).is_file() else None,
+            "groups": space.names}
+    if cfg.resume:
+        old = json.loads((run_dir / "meta.json").read_text())
+        diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
+        if diff:
+            raise UserError(f"cannot resume {run_dir}: its {', '.join(diff)} differ from this command's")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "meta.json", meta)
+
+    evaluator = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
+                               recalibrate=cfg.recalibrate)
+    scores = unit_scores(space, cfg.criterion)
+    ctx = SearchContext(space, budget, scores, cfg.seed, total)
+    strategy = make_strategy(cfg.strategy, ctx)
+    init = initial_design(ctx) if cfg.strategy not in DETERMINISTIC else None
+
+    store = TrialStore(run_dir)
+    trials = store.load()[:total]
+    store.rewrite(trials)
+    start = time.perf_counter()
+    for t in range(len(trials), total):
+        t0 = time.perf_counter()
+        rates, phase = _next_rates(cfg.strategy, ctx, strategy, init, trials, t)
+        propose_s = time.perf_counter() - t0
+        rate_dict = dict(zip(space.names, map(float, rates)))
+        pruned = prune(loaded.model, space, rate_dict, removed=removed_units(space, rate_dict, scores=scores))
+        r = evaluator.score(pruned)
+        trial = {"trial": t, "phase": phase, "rates": rate_dict, "flops_ratio": float(budget.ratio(rates)[0]),
+                 "params": int(sum(p.numel() for p in pruned.parameters())), "map50_95": r.map50_95,
+                 "map50": r.map50, "eval_seconds": r.seconds, "propose_seconds": propose_s}
+        store.append(trial)
+        trials.append(trial)
+        if on_trial:
+            on_trial(trial, max(trials, key=lambda x: x["map50_95"]), total)
+    search_seconds = time.perf_counter() - start
+    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, scores)
+
+
+def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict], t: int) -> tuple[np.ndarray, str]:
+    if name == "uniform":
+        return ctx.budget.project(np.zeros((1, len(ctx.space.groups))))[0], "uniform"
+    if name == "global":
+        return global_threshold_rates(ctx)[0], "global"
+    if t < len(init):
+        return init[t], "init"
+    if name == "random":
+        rng = np.random.default_rng([ctx.seed, t])
+        return ctx.budget.project(rng.random((1, len(ctx.space.groups))) * ctx.budget.max_rate)[0], "random"
+    rates = np.array([[tr["rates"][n] for n in ctx.space.names] for tr in trials])
+    scores = np.array([tr["map50_95"] for tr in trials])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # BO in one thread: oversubscription, not the GP, is what makes it slow
+    try:
+        return strategy.propose(rates, scores, t)[0], name
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float, scores) -> dict:
+    best = max(trials, key=lambda x: x["map50_95"])
+    pruned = prune(loaded.model, space, best["rates"], removed=removed_units(space, best["rates"], scores=scores))
+    final = evaluator.final_check(pruned)  # recalibrates BN in place: the saved model keeps those statistics
+    result = api.PruneResult(pruned, best["rates"], float(space.flops()[0]),
+                             float(space.flops(space.rates_vector(best["rates"])[None])[0]),
+                             int(sum(p.numel() for p in loaded.model.parameters())),
+                             int(sum(p.numel() for p in pruned.parameters())))
+    out = api.save_pruned(result, loaded, run_dir / "pruned.pt", cfg.criterion,
+                          {"search": str(run_dir), "strategy": cfg.strategy})
+    _write_text(run_dir / "best_rates.yaml", yaml.safe_dump({k: round(v, 6) for k, v in best["rates"].items()},
+                                                             sort_keys=False))
+    propose = sum(t["propose_seconds"] for t in trials)
+    wall = sum(t["propose_seconds"] + t["eval_seconds"] for t in trials)
+    summary = {
+        "run_dir": str(run_dir), "strategy": cfg.strategy, "target_flops": cfg.target_flops, "trials": len(trials),
+        "best": {"trial": best["trial"], "rates": best["rates"], "flops_ratio": best["flops_ratio"],
+                 "params": result.params_after, "map50_95": best["map50_95"], "map50": best["map50"],
+                 "final_check_map50_95": final.map50_95, "final_check_map50": final.map50,
+                 "final_check_images": final.images},
+        "pruned": str(out), "search_seconds": search_seconds,
+        "bo_overhead_share": propose / wall if wall else 0.0,
+        "mean_trial_eval_seconds": float(np.mean([t["eval_seconds"] for t in trials])),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    plot_run(trials, best, space.names, run_dir)
+    return summary
+
+
+def plot_run(trials: list[dict], best: dict, names: list[str], run_dir: Path) -> None:
+    """best-so-far mAP per trial, mAP vs FLOPs of all trials, and the best candidate's rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = np.array([t["map50_95"] for t in trials])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(1, len(maps) + 1), np.maximum.accumulate(maps), drawstyle="steps-post", label="best so far")
+    ax.scatter(np.arange(1, len(maps) + 1), maps, s=8, alpha=0.5, label="trial")
+    ax.set(xlabel="trial", ylabel="mAP50-95 (search slice)", title="search progress")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "progress.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter([t["flops_ratio"] for t in trials], maps, s=10)
+    ax.scatter([best["flops_ratio"]], [best["map50_95"]], s=40, c="red", label="best")
+    ax.set(xlabel="FLOPs kept (fraction)", ylabel="mAP50-95", title="trials")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "map_vs_flops.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.16), 3.5))
+    ax.bar(range(len(names)), [best["rates"][n] for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
+    ax.set(ylabel="prune rate (fraction removed)", title="best candidate: rate per group")
+    fig.tight_layout()
+    fig.savefig(run_dir / "best_rates.png", dpi=110)
+    plt.close(fig)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    _write_text(path, json.dumps(obj, indent=2))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,236 @@
+"""Search strategies: what rates to try next, given every trial so far (plug-ins of the search loop).
+
+Every strategy returns rates already projected onto the FLOPs budget (budget.py), so the
+models only ever see realised, feasible points. The Bayesian ones are BoTorch end to end:
+a GP fitted by marginal likelihood and LogEI maximised over a candidate set of projected
+points (trust-region perturbations of the incumbent plus Sobol points), which respects the
+budget exactly.
+
+- uniform: one rate for every group (deterministic, one trial)
+- global:  one importance threshold across all groups (deterministic, one trial)
+- random:  the shared initial design, then Sobol points
+- hdbo:    GP with BoTorch's dimension-scaled lengthscale prior over all groups, TuRBO-style trust region
+- saas:    the same loop with a MAP-SAAS ensemble GP (sparse axis-aligned subspaces), refit every few trials
+- bocr:    BO over group clusters first, then rolled back to all groups within bounds from the best trials
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from yoloprune.budget import Budget
+from yoloprune.space import PruneSpace
+
+STRATEGIES = ("hdbo", "bocr", "saas", "random", "uniform", "global")
+DETERMINISTIC = ("uniform", "global")
+N_CANDIDATES = 1024
+
+
+@dataclass
+class SearchContext:
+    """What a strategy may look at."""
+
+    space: PruneSpace
+    budget: Budget
+    unit_scores: dict[int, float]
+    seed: int
+    trials: int
+    n_init: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_init = max(3, min(20, self.trials // 5))
+
+
+def initial_design(ctx: SearchContext) -> np.ndarray:
+    """Uniform point, importance-guided point, then scrambled Sobol points; all projected."""
+    g = len(ctx.space.groups)
+    guided = _guided_point(ctx)
+    sobol = torch.quasirandom.SobolEngine(g, scramble=True, seed=ctx.seed).draw(max(ctx.n_init - 2, 0))
+    raw = np.vstack([np.zeros((1, g)), guided[None], sobol.double().numpy() * ctx.budget.max_rate])
+    return ctx.budget.project(raw[: ctx.n_init])
+
+
+def _guided_point(ctx: SearchContext) -> np.ndarray:
+    """Rates that cut groups with cheap, weak channels harder: FLOPs per channel over importance."""
+    space = ctx.space
+    cost = np.array([g.flops_share / g.channels for g in space.groups])
+    weak = np.array([1.0 / max(np.mean([ctx.unit_scores.get(int(r), 1.0) for p in g.parts for r in p]), 1e-6)
+                     for g in space.groups])
+    score = cost * weak
+    rank = score.argsort().argsort() / max(len(score) - 1, 1)
+    return rank * ctx.budget.max_rate
+
+
+def global_threshold_rates(ctx: SearchContext) -> np.ndarray:
+    """Rates from one importance threshold across groups (each group's minimum respected)."""
+    space = ctx.space
+    per_group = [np.sort([ctx.unit_scores.get(int(r), 0.0) for r in g.parts[0]]) for g in space.groups]
+
+    def rates_at(tau: float) -> np.ndarray:
+        r = np.array([np.searchsorted(s, tau) / len(s) for s in per_group])
+        return np.minimum(r, ctx.budget.max_rate)[None]
+
+    lo, hi = 0.0, max(float(s[-1]) for s in per_group) + 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if ctx.budget.ratio(space.realised_rates(rates_at(mid)))[0] <= ctx.budget.target:
+            hi = mid
+        else:
+            lo = mid
+    return space.realised_rates(rates_at(hi))
+
+
+# -- Bayesian optimisation ---------------------------------------------------------------------
+def _fit_gp(x: torch.Tensor, y: torch.Tensor, kind: str, state: dict | None = None):
+    """A BoTorch GP on inputs in [0, 1]^d; fitted by marginal likelihood unless `state` is reused."""
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.map_saas import EnsembleMapSaasSingleTaskGP
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    model = EnsembleMapSaasSingleTaskGP(x, y) if kind == "saas" else SingleTaskGP(x, y)
+    if state is not None:
+        model.load_state_dict(state, strict=False)
+    else:
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    return model
+
+
+class BayesianStrategy:
+    """GP + LogEI over projected candidates; subclasses choose the input features and candidates."""
+
+    kind = "gp"
+    refit_every = 1
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+        self._state: dict | None = None
+        self._fits = 0
+
+    def features(self, rates: np.ndarray) -> np.ndarray:
+        """GP inputs in [0, 1] for realised rates (B, G)."""
+        return rates / self.ctx.budget.max_rate
+
+    def candidates(self, rates: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Raw (unprojected) candidate rates around the incumbent and across the box."""
+        g = rates.shape[1]
+        m = self.ctx.budget.max_rate
+        best = rates[int(np.argmax(scores))]
+        length = trust_region_length(scores[self.ctx.n_init:], g)
+        mask = rng.random((N_CANDIDATES // 2, g)) < min(1.0, 20.0 / g)
+        mask[np.arange(len(mask)), rng.integers(0, g, len(mask))] = True
+        local = best + mask * rng.uniform(-length, length, (len(mask), g)) * m
+        box = rng.random((N_CANDIDATES // 2, g)) * m
+        return np.clip(np.vstack([local, box]), 0.0, m)
+
+    def propose(self, rates: np.ndarray, scores: np.ndarray, trial: int) -> np.ndarray:
+        from botorch.acquisition.analytic import LogExpectedImprovement
+
+        rng = np.random.default_rng([self.ctx.seed, trial])
+        x = torch.tensor(self.features(rates), dtype=torch.double)
+        y = torch.tensor(scores, dtype=torch.double)[:, None]
+        refit = self._state is None or (trial - self.ctx.n_init) % self.refit_every == 0
+        model = _fit_gp(x, y, self.kind, None if refit else self._state)
+        self._state = model.state_dict()
+        cand = self.ctx.budget.project(self.candidates(rates, scores, rng))
+        cand = np.unique(np.round(cand, 6), axis=0)
+        seen = {tuple(np.round(r, 6)) for r in rates}
+        fresh = np.array([c for c in cand if tuple(c) not in seen]) if len(cand) else cand
+        cand = fresh if len(fresh) else cand
+        acq = LogExpectedImprovement(model, best_f=y.max())
+        with torch.no_grad():
+            values = acq(torch.tensor(self.features(cand), dtype=torch.double)[:, None, :])
+        return cand[int(values.argmax())][None]
+
+
+def trust_region_length(scores: np.ndarray, dim: int, start: float = 0.4, lo: float = 0.02,
+                        hi: float = 0.8, success_tol: int = 3, failure_tol: int = 5) -> float:
+    """TuRBO's side length after replaying the BO trials' successes and failures (0 trials: `start`)."""
+    length, best, succ, fail = start, -math.inf, 0, 0
+    for s in scores:
+        improved = best == -math.inf or s > best + 1e-3 * abs(best)
+        if improved:
+            succ, fail, best = succ + 1, 0, s
+        else:
+            succ, fail = 0, fail + 1
+        if succ >= success_tol:
+            length, succ = min(2 * length, hi), 0
+        elif fail >= failure_tol:
+            length, fail = length / 2, 0
+            if length < lo:
+                length = start
+    return length
+
+
+class HDBO(BayesianStrategy):
+    """Vanilla high-dimensional BO (dimension-scaled lengthscale prior) with a trust region."""
+
+
+class SAAS(BayesianStrategy):
+    """MAP-SAAS ensemble GP: most groups are assumed irrelevant unless the data say otherwise."""
+
+    kind = "saas"
+    refit_every = 5
+
+
+class BOCR(BayesianStrategy):
+    """BO over clusters of similar groups for the first half of the BO trials, then all groups."""
+
+    n_clusters = 8
+
+    def __init__(self, ctx: SearchContext) -> None:
+        super().__init__(ctx)
+        self.cluster = cluster_groups(ctx, min(self.n_clusters, len(ctx.space.groups)))
+        self.rollback_at = ctx.n_init + (ctx.trials - ctx.n_init) // 2
+        self.full = False
+
+    def features(self, rates: np.ndarray) -> np.ndarray:
+        if self.full:
+            return super().features(rates)
+        k = self.cluster.max() + 1
+        means = np.stack([rates[:, self.cluster == c].mean(1) for c in range(k)], 1)
+        return means / self.ctx.budget.max_rate
+
+    def candidates(self, rates: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        m = self.ctx.budget.max_rate
+        if not self.full:
+            k = self.cluster.max() + 1
+            z = rng.random((N_CANDIDATES, k)) * m
+            best = self.features(rates[[int(np.argmax(scores))]])[0] * m
+            z[: N_CANDIDATES // 2] = np.clip(best + rng.normal(0, 0.1 * m, (N_CANDIDATES // 2, k)), 0, m)
+            return z[:, self.cluster]
+        top = rates[np.argsort(scores)[-5:]]
+        lo = np.clip(top.min(0) - 0.1 * m, 0, m)
+        hi = np.clip(top.max(0) + 0.1 * m, 0, m)
+        box = lo + rng.random((N_CANDIDATES, rates.shape[1])) * (hi - lo)
+        local = super().candidates(rates, scores, rng)[: N_CANDIDATES // 2]
+        return np.vstack([np.clip(local, lo, hi), box[: N_CANDIDATES // 2]])
+
+    def propose(self, rates: np.ndarray, scores: np.ndarray, trial: int) -> np.ndarray:
+        if not self.full and trial >= self.rollback_at:
+            self.full, self._state = True, None
+        return super().propose(rates, scores, trial)
+
+
+def cluster_groups(ctx: SearchContext, k: int) -> np.ndarray:
+    """k-means cluster of each group by structure (depth, width, FLOPs) and importance spread."""
+    from scipy.cluster.vq import kmeans2, whiten
+
+    space = ctx.space
+    feats = []
+    for i, g in enumerate(space.groups):
+        s = np.array([ctx.unit_scores.get(int(r), 1.0) for p in g.parts for r in p])
+        feats.append([i / len(space.groups), math.log(g.channels), g.flops_share, s.std(), (s < 0.5).mean()])
+    f = whiten(np.array(feats) + 1e-9)
+    _, labels = kmeans2(f, k, seed=np.random.default_rng(ctx.seed), minit="++")
+    _, labels = np.unique(labels, return_inverse=True)  # drop empty clusters
+    return labels
+
+
+def make_strategy(name: str, ctx: SearchContext):
+    """The strategy object for a name in STRATEGIES (None for the non-model ones)."""
+    return {"hdbo": HDBO, "saas": SAAS, "bocr": BOCR}[name](ctx) if name in ("hdbo", "saas", "bocr") else None
