@@ -89,7 +89,7 @@ def prune(loaded: LoadedModel, rates: dict[str, float], criterion: str = "l1", r
     pruned = prune_model(loaded.model, space, rates, criterion)
     vec = space.rates_vector(rates)[None]
     return PruneResult(pruned, dict(rates), float(space.flops()[0]), float(space.flops(vec)[0]),
-                       _params(loaded.model), _params(pruned))
+                       param_count(loaded.model), param_count(pruned))
 
 
 def uniform_rates(space: PruneSpace, ratio: float) -> dict[str, float]:
@@ -135,7 +135,8 @@ def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_imag
     return run_eval(loaded.model, det, loaded.imgsz, batch)
 
 
-def _params(model: nn.Module) -> int:
+def param_count(model: nn.Module) -> int:
+    """Number of parameters of a model."""
     return int(sum(p.numel() for p in model.parameters()))
 
 

@@ -142,10 +142,28 @@ def cmd_bench(args) -> None:
     _emit(args, payload, lines)
 
 
-def cmd_not_ready(args) -> None:
-    from yoloprune.errors import UserError
+def cmd_finetune(args) -> None:
+    from yoloprune import api
+    from yoloprune.finetune import finetune
 
-    raise UserError(f"'yoloprune {args.command}' is not implemented yet in this version (see the README's status table)")
+    before = api.load(args.weights)
+    best = finetune(args.weights, args.data, args.epochs, imgsz=args.imgsz, batch=args.batch, lr0=args.lr0,
+                    warmup_epochs=args.warmup_epochs, workers=args.workers, project=args.project, name=args.name,
+                    fraction=args.fraction, resume=args.resume or None, verbose=not args.json)
+    after = api.load(best)
+    shapes = lambda m: [tuple(p.shape) for p in m.parameters()]  # noqa: E731
+    payload = {"weights": args.weights, "best": str(best), "params_before": api.param_count(before.model),
+               "params_after": api.param_count(after.model), "shapes_kept": shapes(before.model) == shapes(after.model)}
+    _emit(args, payload, [f"fine-tuned checkpoint {best}",
+                          f"params {payload['params_before']} -> {payload['params_after']} "
+                          f"(layer shapes {'kept' if payload['shapes_kept'] else 'CHANGED'})"])
+
+
+def cmd_demo(args) -> None:
+    from yoloprune.demo import format_table, run_demo
+
+    result = run_demo(args.out, quick=args.quick, log=lambda msg: print(msg, file=sys.stderr))
+    _emit(args, result, format_table(result["table"]) + [f"report: {result['report']}"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,11 +236,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_bench)
 
-    for name, text in (("finetune", "fine-tune a pruned model, keeping its architecture"),
-                       ("demo", "the whole pipeline on the embedded default")):
-        p = sub.add_parser(name, help=text + " (not implemented yet)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_not_ready)
+    p = sub.add_parser("finetune", help="fine-tune a pruned model with Ultralytics' trainer, keeping its architecture")
+    p.add_argument("--weights", required=True, help="pruned .pt checkpoint")
+    p.add_argument("--data", required=True, help="Ultralytics dataset YAML")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr0", type=float, default=0.002, help="initial SGD learning rate (default 0.002)")
+    p.add_argument("--warmup-epochs", type=float, default=0.5)
+    p.add_argument("--fraction", type=float, default=1.0, help="share of the train split to use")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--project", default="runs/finetune")
+    p.add_argument("--name", default="exp")
+    p.add_argument("--resume", action="store_true", help="resume the run's last.pt (pass it as --weights)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded default (bundled data and weights)")
+    p.add_argument("--quick", action="store_true", help="a tiny run for CI (seconds, not minutes)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

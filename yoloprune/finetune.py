@@ -1,0 +1,54 @@
+"""Fine-tuning that keeps the pruned architecture, on Ultralytics' own trainer.
+
+`YOLO(pruned.pt).train()` rebuilds the network from `model.yaml` and copies only tensors of
+matching shape, silently undoing the pruning. `PrunedDetectionTrainer.get_model` returns the
+checkpoint's own network instead (resume included), so data pipeline, augmentation, EMA,
+schedulers, checkpoints and validation stay Ultralytics'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ultralytics.models.yolo.detect import DetectionTrainer
+
+from yoloprune.errors import UserError
+
+# Short recovery schedules: little warmup and a lower SGD rate than training from scratch.
+FINETUNE_DEFAULTS = {"optimizer": "SGD", "lr0": 0.002, "lrf": 0.1, "warmup_epochs": 0.5, "close_mosaic": 0,
+                     "amp": False, "plots": False, "pretrained": True}
+
+
+class PrunedDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer whose model is the loaded (pruned) network, never a rebuild from YAML."""
+
+    def get_model(self, cfg=None, weights: torch.nn.Module | None = None, verbose: bool = True):
+        if not isinstance(weights, torch.nn.Module):
+            raise UserError("fine-tuning needs the pruned checkpoint's network; pass its .pt file")
+        model = weights.float()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if hasattr(self, "set_model_names_for_load"):
+            model = self.set_model_names_for_load(model)
+        return model
+
+
+def finetune(weights: str | Path, data: str | Path, epochs: int = 10, **overrides) -> Path:
+    """Fine-tune a pruned checkpoint; returns the path of best.pt (same shapes as the input)."""
+    from yoloprune.checkpoint import load_model
+    from yoloprune.data import dataset_yaml
+
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    weights = Path(weights)
+    if weights.suffix != ".pt":
+        raise UserError(f"fine-tuning needs a .pt checkpoint, got {weights}")
+    model, train_args = load_model(weights)  # clear errors for a missing or foreign file
+    dataset_yaml(data)
+    args = {**FINETUNE_DEFAULTS, "model": str(weights), "data": str(data), "epochs": epochs, "device": "cpu",
+            "imgsz": overrides.pop("imgsz", None) or train_args.get("imgsz", 640), "exist_ok": False}
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    trainer = PrunedDetectionTrainer(overrides=args)
+    trainer.train()
+    return Path(trainer.best if Path(trainer.best).exists() else trainer.last)
