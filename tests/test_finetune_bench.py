@@ -1,0 +1,79 @@
+"""Fine-tuning keeps the pruned architecture; the latency benchmark reports what it promises."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from ultralytics.nn.tasks import DetectionModel
+
+from yoloprune import api
+from yoloprune.checkpoint import save_checkpoint
+from yoloprune.defaults import DEFAULT_WEIGHTS
+
+
+def shapes(model):
+    return [tuple(p.shape) for p in model.parameters()]
+
+
+@pytest.fixture(scope="module")
+def pruned_tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ft") / "base.pt"
+    save_checkpoint(DetectionModel("yolov8n.yaml", nc=10, verbose=False), base, {"imgsz": 96}, {})
+    loaded = api.load(base)
+    result = api.prune(loaded, api.uniform_rates(api.analyse(loaded), 0.5))
+    return api.save_pruned(result, loaded, base.with_name("pruned.pt"), "l1")
+
+
+@pytest.mark.slow
+def test_finetune_keeps_shapes_and_reloads(tmp_path, pruned_tiny, tiny_data):
+    from ultralytics import YOLO
+
+    from yoloprune.finetune import finetune
+
+    best = finetune(pruned_tiny, tiny_data.yaml_path, 1, project=str(tmp_path), name="ft", workers=0, batch=8)
+    before, after = api.load(pruned_tiny).model, YOLO(str(best)).model
+    assert shapes(before) == shapes(after)
+    full = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
+    assert api.param_count(after) < api.param_count(full)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not trained yet")
+def test_short_finetune_recovers_map_on_default_problem(tmp_path):
+    from yoloprune.defaults import default_dataset
+    from yoloprune.finetune import finetune
+
+    data = default_dataset()
+    loaded = api.load(DEFAULT_WEIGHTS)
+    result = api.prune(loaded, api.uniform_rates(api.analyse(loaded), 0.25))
+    pruned = api.save_pruned(result, loaded, tmp_path / "pruned.pt", "l1")
+    before = api.evaluate(pruned, data.yaml_path, split="test", val_images=100)
+    best = finetune(pruned, data.yaml_path, 1, fraction=0.1, project=str(tmp_path), name="ft", workers=0, batch=16,
+                    val=False)
+    after = api.evaluate(best, data.yaml_path, split="test", val_images=100)
+    assert shapes(api.load(best).model) == shapes(result.model)
+    assert after.map50_95 > before.map50_95
+
+
+def test_bench_json(tmp_path, pruned_tiny):
+    base = pruned_tiny.with_name("base.pt")
+    out = subprocess.run([sys.executable, "-m", "yoloprune", "bench", "--weights", str(base), str(pruned_tiny),
+                          "--imgsz", "96", "--threads", "1", "--runs", "3", "--warmup", "1", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    payload = json.loads(out.stdout)
+    a, b = payload["models"]
+    assert a["threads"]["1"]["speedup"] == pytest.approx(1.0)
+    assert b["flops"] < a["flops"] and b["params"] < a["params"] and b["onnx_bytes"] < a["onnx_bytes"]
+    for m in (a, b):
+        assert {"p50_ms", "p90_ms", "p99_ms", "throughput_ips", "speedup"} <= m["threads"]["1"].keys()
+        assert m["onnx_max_abs_diff"] < 1e-2
+
+
+def test_bench_rejects_more_threads_than_cores(pruned_tiny):
+    import os
+
+    out = subprocess.run([sys.executable, "-m", "yoloprune", "bench", "--weights", str(pruned_tiny),
+                          "--threads", str((os.cpu_count() or 1) + 1)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "visible cores" in out.stderr
