@@ -1,0 +1,53 @@
+"""Shared by the benchmark scripts: result files with date, command and versions; resumable units."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+os.environ.setdefault("YOLO_VERBOSE", "false")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def provenance() -> dict:
+    from importlib.metadata import version
+
+    pkgs = ("torch", "ultralytics", "botorch", "onnxruntime", "pycocotools", "yoloprune")
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name] + sys.argv), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "versions": {p: version(p) for p in pkgs}}
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Write benchmarks/results/<name>.json (whole-run benchmarks)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({**provenance(), **payload}, indent=2))
+    return path
+
+
+class UnitLog:
+    """benchmarks/results/<name>.jsonl: one line per finished unit; finished units are skipped on rerun."""
+
+    def __init__(self, name: str) -> None:
+        RESULTS.mkdir(exist_ok=True)
+        self.path = RESULTS / f"{name}.jsonl"
+
+    def done(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return {r["unit"]: r for r in rows}
+
+    def append(self, unit: str, payload: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"unit": unit, **provenance(), **payload}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,0 +1,68 @@
+"""Search quality: final-check mAP50-95 (BN recalibrated, no fine-tuning) of each strategy's best
+candidate, strategy x FLOPs budget x seed, same trial budget for all. One line per finished unit
+in results/search_quality.jsonl; rerun to continue, finished units are skipped.
+
+    python benchmarks/search_quality.py [--trials 40] [--budgets 0.5,0.4,0.6] [--strategies ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import common
+import numpy as np
+
+from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.search import SearchConfig, run_search
+
+SEEDS = {0.5: (0, 1, 2), 0.4: (0,), 0.6: (0,)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--budgets", default="0.5,0.4,0.6")
+    parser.add_argument("--strategies", default="uniform,global,hdbo,random,bocr,saas")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    log = common.UnitLog("search_quality")
+    if not args.table_only:
+        data = default_dataset()
+        for budget in (float(b) for b in args.budgets.split(",")):
+            for strategy in args.strategies.split(","):
+                for seed in ((0,) if strategy in ("uniform", "global") else SEEDS.get(budget, (0,))):
+                    unit = f"{strategy}/{budget}/{seed}/{args.trials}"
+                    if unit in log.done():
+                        continue
+                    run = Path("benchmarks/runs") / unit.replace("/", "-")
+                    shutil.rmtree(run, ignore_errors=True)
+                    s = run_search(SearchConfig(str(DEFAULT_WEIGHTS), str(data.yaml_path), budget, trials=args.trials,
+                                                strategy=strategy, seed=seed, project=str(run.parent), name=run.name))
+                    log.append(unit, {"strategy": strategy, "budget": budget, "seed": seed, "trials": s["trials"],
+                                      "search_map50_95": s["best"]["map50_95"],
+                                      "final_check_map50_95": s["best"]["final_check_map50_95"],
+                                      "flops_ratio": s["best"]["flops_ratio"],
+                                      "bo_overhead_share": s["bo_overhead_share"],
+                                      "mean_trial_eval_seconds": s["mean_trial_eval_seconds"]})
+                    print(unit, round(s["best"]["final_check_map50_95"], 4), flush=True)
+    print_table(log.done())
+
+
+def print_table(rows: dict[str, dict]) -> None:
+    cells: dict[tuple[str, float], list[float]] = {}
+    for r in rows.values():
+        cells.setdefault((r["strategy"], r["budget"]), []).append(r["final_check_map50_95"])
+    budgets = sorted({b for _, b in cells})
+    print(f"{'strategy':<10}" + "".join(f"{f'{b:.0%} FLOPs':>22}" for b in budgets))
+    for s in sorted({s for s, _ in cells}):
+        line = f"{s:<10}"
+        for b in budgets:
+            v = cells.get((s, b))
+            line += f"{'-':>22}" if not v else f"{np.mean(v):>12.4f} ± {np.std(v):.4f} (n={len(v)})"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
