@@ -71,22 +71,17 @@ class PruneSpace:
     # -- keep counts ---------------------------------------------------------------
     def kept_count(self, group: Group, rate: float) -> int:
         """Channels kept per part at prune rate `rate`, rounded to `round_to`, >= min_keep."""
-        n = group.part_size
-        keep = n * (1.0 - rate)
-        k = self.round_to if n >= self.round_to else 1
-        keep = int(round(keep / k)) * k
-        return int(min(n, max(group.min_keep, keep)))
+        return int(_kept(group.part_size, self._step(group.part_size), group.min_keep, rate))
+
+    def _step(self, size):
+        return np.where(np.asarray(size) >= self.round_to, self.round_to, 1)
 
     def keep_fractions(self, rates: np.ndarray, rounded: bool = True) -> np.ndarray:
         """Per-part kept fraction for a (B, G) array of rates; rounded as the pruner rounds."""
         rates = np.atleast_2d(np.asarray(rates, float))
         size = np.array([g.part_size for g in self.groups], float)
         min_keep = np.array([g.min_keep for g in self.groups], float)
-        keep = size * (1.0 - rates)
-        if rounded:
-            step = np.where(size >= self.round_to, self.round_to, 1)
-            keep = np.round(keep / step) * step
-        keep = np.minimum(size, np.maximum(min_keep, keep))
+        keep = _kept(size, self._step(size) if rounded else None, min_keep, rates)
         return (keep / size)[:, self.part_group]
 
     def realised_rates(self, rates: np.ndarray) -> np.ndarray:
@@ -114,6 +109,14 @@ class PruneSpace:
         for name, r in rates.items():
             v[index[name]] = r
         return v
+
+
+def _kept(size, step, min_keep, rate):
+    """Kept channels: size x (1 - rate), rounded to a multiple of `step` (None: unrounded), within [min_keep, size]."""
+    keep = size * (1.0 - np.asarray(rate, float))
+    if step is not None:
+        keep = np.round(keep / step) * step
+    return np.minimum(size, np.maximum(min_keep, keep))
 
 
 def analyse(model: nn.Module, imgsz: int = 640, round_to: int = 8) -> PruneSpace:
