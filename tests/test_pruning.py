@@ -146,3 +146,10 @@ def test_round_to_and_min_keep():
             k = space.kept_count(g, rate)
             assert g.min_keep <= k <= g.part_size
             assert k % 8 == 0 or g.part_size < 8 or k == g.part_size
+
+
+def test_rate_zero_keeps_widths_that_are_not_multiples_of_round_to():
+    model = build("yolov8n.yaml")
+    space = analyse(model, imgsz=96, round_to=16)
+    for g in space.groups:
+        assert space.kept_count(g, 0.0) == g.part_size

@@ -123,6 +123,8 @@ def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_imag
 
     if val_images is not None and val_images < 1:
         raise UserError(f"--val-images must be >= 1, got {val_images}")
+    if batch < 1 or calib_images < 1:
+        raise UserError("--batch and --calib-images must be >= 1")
     loaded = load(weights, imgsz)
     det = load_split(data, split, loaded.model.names, image_dir)
     det = subset(det, take_slice(det, val_images, slice_seed))

@@ -194,7 +194,10 @@ class TrialEvaluator:
         self.search_images = letterbox(self.search.images, imgsz)
         info = dataset_yaml(data) if not str(data).endswith(".json") else {}
         split = final_split or ("test" if info.get("test") else "val")
-        if split == "val":  # the val images the search slice leaves out
+        self.final_disjoint = True
+        if split == "val" and len(idx) == len(val.images):  # nothing left over: re-check on the search slice
+            self.final, self.final_disjoint = self.search, False
+        elif split == "val":  # the val images the search slice leaves out
             self.final = subset(val, take_slice(val, final_images, slice_seed, exclude=set(idx)))
         else:
             final = load_split(data, split, model_names)

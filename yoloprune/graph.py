@@ -152,7 +152,7 @@ class _Tracer(TorchFunctionMode):
             self._set(out, self._src(args[0]))
         elif name in _BINARY and self._binary(args, out):
             pass
-        elif name == "cat" and self._dim1(args[1] if len(args) > 1 else kwargs.get("dim", 0), args[0][0]):
+        elif name == "cat" and args and self._dim1(args[1] if len(args) > 1 else kwargs.get("dim", 0), args[0][0]):
             self._set(out, np.concatenate([self._src(t) for t in args[0]]))
         elif name in ("chunk", "split") and self._dim1(args[2] if len(args) > 2 else kwargs.get("dim", 0), args[0]):
             self._split(args[0], out)
@@ -219,6 +219,8 @@ class _Tracer(TorchFunctionMode):
         self._set(out, src)
 
     def _binary(self, args, out) -> bool:
+        if len(args) < 2:
+            return False  # operands passed by keyword: not understood, so held fixed
         a, b = args[0], args[1]
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             other = a if isinstance(a, torch.Tensor) else b

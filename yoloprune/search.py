@@ -52,7 +52,7 @@ class SearchConfig:
 
 
 IDENTITY = ("weights_sha256", "data", "target_flops", "imgsz", "criterion", "round_to", "val_images", "calib_images",
-            "recalibrate", "strategy", "seed")
+            "recalibrate", "strategy", "seed", "trials")
 
 
 def check_config(cfg: SearchConfig) -> None:
@@ -60,6 +60,10 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"unknown strategy '{cfg.strategy}' (choose from {', '.join(STRATEGIES)})")
     if cfg.trials < 1:
         raise UserError(f"--trials must be >= 1, got {cfg.trials}")
+    if cfg.val_images < 1 or cfg.calib_images < 1:
+        raise UserError("--val-images and --calib-images must be >= 1 (use --no-recalibrate to skip calibration)")
+    if not cfg.weights.endswith(".pt"):
+        raise UserError(f"search needs a trained .pt checkpoint, got {cfg.weights}")
     if not 0.0 < cfg.target_flops < 1.0:
         raise UserError(f"--target-flops {cfg.target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
     if cfg.criterion not in CRITERIA:
@@ -112,8 +116,8 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     init = initial_design(ctx) if cfg.strategy not in DETERMINISTIC else None
 
     store = TrialStore(run_dir)
-    trials = store.load()[:total]
-    store.rewrite(trials)
+    trials = store.load()
+    store.rewrite(trials)  # drops a line torn by a kill
     start = time.perf_counter()
     for t in range(len(trials), total):
         t0 = time.perf_counter()
@@ -172,7 +176,7 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
         "best": {"trial": best["trial"], "rates": best["rates"], "flops_ratio": best["flops_ratio"],
                  "params": result.params_after, "map50_95": best["map50_95"], "map50": best["map50"],
                  "final_check_map50_95": final.map50_95, "final_check_map50": final.map50,
-                 "final_check_images": final.images},
+                 "final_check_images": final.images, "final_check_disjoint": evaluator.final_disjoint},
         "pruned": str(out), "search_seconds": search_seconds,
         "bo_overhead_share": propose / wall if wall else 0.0,
         "mean_trial_eval_seconds": float(np.mean([t["eval_seconds"] for t in trials])),

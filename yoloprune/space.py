@@ -112,10 +112,12 @@ class PruneSpace:
 
 
 def _kept(size, step, min_keep, rate):
-    """Kept channels: size x (1 - rate), rounded to a multiple of `step` (None: unrounded), within [min_keep, size]."""
+    """Kept channels: size x (1 - rate) rounded to the nearest multiple of `step` or to the full size
+    (so rate 0 keeps everything), within [min_keep, size]; step None: unrounded."""
     keep = size * (1.0 - np.asarray(rate, float))
     if step is not None:
-        keep = np.round(keep / step) * step
+        rounded = np.round(keep / step) * step
+        keep = np.where(np.abs(size - keep) <= np.abs(rounded - keep), size, rounded)
     return np.minimum(size, np.maximum(min_keep, keep))
 
 
@@ -170,6 +172,8 @@ def analyse(model: nn.Module, imgsz: int = 640, round_to: int = 8) -> PruneSpace
             if i in parts and sorted(parts[i], key=lambda s: min(s)) != new_parts:
                 bad.add(i)
         t = min(tops)
+        if tops & bad:
+            bad.add(t)
         for i in tops:
             parent[i] = t
             parts.pop(i, None)
@@ -238,7 +242,7 @@ def _hold_groups_that_break(model: nn.Module, space: PruneSpace) -> None:
             with torch.no_grad():
                 prune(model, probe, {g.name: 0.5 for g in groups}).eval()(x)
             return True
-        except RuntimeError:
+        except Exception:  # noqa: BLE001 - any failure of the pruned forward means: hold these groups fixed
             return False
 
     def breaking(groups: list[Group]) -> list[Group]:
@@ -247,7 +251,8 @@ def _hold_groups_that_break(model: nn.Module, space: PruneSpace) -> None:
         if len(groups) == 1:
             return groups
         half = len(groups) // 2
-        return breaking(groups[:half]) + breaking(groups[half:])
+        found = breaking(groups[:half]) + breaking(groups[half:])
+        return found or groups  # the halves run alone but not together: hold them all
 
     for g in breaking(space.groups):
         space.groups.remove(g)

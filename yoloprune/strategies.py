@@ -93,8 +93,9 @@ def _fit_gp(x: torch.Tensor, y: torch.Tensor, kind: str, state: dict | None = No
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     model = EnsembleMapSaasSingleTaskGP(x, y) if kind == "saas" else SingleTaskGP(x, y)
-    if state is not None:
-        model.load_state_dict(state, strict=False)
+    if state is not None:  # reuse kernel hyperparameters; the output scaling belongs to the new data
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("outcome_transform.")},
+                              strict=False)
     else:
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
     return model
@@ -110,6 +111,9 @@ class BayesianStrategy:
         self.ctx = ctx
         self._state: dict | None = None
         self._fits = 0
+
+    def _seeded_fit(self, x, y, trial: int, state: dict | None):
+        return _fit_seeded(self.ctx, x, y, self.kind, trial, state)
 
     def features(self, rates: np.ndarray) -> np.ndarray:
         """GP inputs in [0, 1] for realised rates (B, G)."""
@@ -133,8 +137,10 @@ class BayesianStrategy:
         rng = np.random.default_rng([self.ctx.seed, trial])
         x = torch.tensor(self.features(rates), dtype=torch.double)
         y = torch.tensor(scores, dtype=torch.double)[:, None]
-        refit = self._state is None or (trial - self.ctx.n_init) % self.refit_every == 0
-        model = _fit_gp(x, y, self.kind, None if refit else self._state)
+        last_fit = trial - (trial - self.ctx.n_init) % self.refit_every
+        if self._state is None and last_fit < trial:  # resumed between refits: redo the last fit exactly
+            self._state = self._seeded_fit(x[:last_fit], y[:last_fit], last_fit, None).state_dict()
+        model = self._seeded_fit(x, y, trial, None if last_fit == trial else self._state)
         self._state = model.state_dict()
         cand = self.ctx.budget.project(self.candidates(rates, scores, rng))
         cand = np.unique(np.round(cand, 6), axis=0)
@@ -145,6 +151,13 @@ class BayesianStrategy:
         with torch.no_grad():
             values = acq(torch.tensor(self.features(cand), dtype=torch.double)[:, None, :])
         return cand[int(values.argmax())][None]
+
+
+def _fit_seeded(ctx: SearchContext, x, y, kind: str, trial: int, state: dict | None):
+    """_fit_gp with torch's generator seeded by (seed, trial): same run, same models, resumed or not."""
+    with torch.random.fork_rng():
+        torch.manual_seed(ctx.seed * 100003 + trial)
+        return _fit_gp(x, y, kind, state)
 
 
 def trust_region_length(scores: np.ndarray, dim: int, start: float = 0.4, lo: float = 0.02,

@@ -1,0 +1,38 @@
+"""The embedded default: its weights load with plain Ultralytics, and the demo runs end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from yoloprune.defaults import DEFAULT_WEIGHTS
+
+pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not trained yet")
+
+
+def test_default_weights_load_with_plain_yolo_and_detect_shapes():
+    from ultralytics import YOLO
+
+    from yoloprune.synthdata import render_image
+
+    img, boxes = render_image(192, np.random.default_rng(123))
+    result = YOLO(str(DEFAULT_WEIGHTS)).predict(img, imgsz=192, conf=0.25, verbose=False)[0]
+    assert len(result.boxes) >= 1
+    truth = {c for c, *_ in boxes}
+    assert set(result.boxes.cls.int().tolist()) & truth, "no detected class is in the image"
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "yoloprune", "demo", "--quick", "--out", str(tmp_path / "demo"),
+                          "--json"], capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    models = [row["model"] for row in result["table"]]
+    assert models == ["original", "pruned", "pruned + fine-tuned"]
+    original, pruned, tuned = result["table"]
+    assert pruned["flops"] < original["flops"] and tuned["params"] == pruned["params"]
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert page.count("<img") == 3 and "pruned + fine-tuned" in page
