@@ -116,8 +116,8 @@ class BayesianStrategy:
         return _fit_seeded(self.ctx, x, y, self.kind, trial, state)
 
     def features(self, rates: np.ndarray) -> np.ndarray:
-        """GP inputs in [0, 1] for realised rates (B, G)."""
-        return rates / self.ctx.budget.max_rate
+        """GP inputs in [0, 1] for realised rates (B, G); minimum keep counts can push a rate past max_rate."""
+        return np.minimum(rates / self.ctx.budget.max_rate, 1.0)
 
     def candidates(self, rates: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Raw (unprojected) candidate rates around the incumbent and across the box."""
@@ -206,7 +206,7 @@ class BOCR(BayesianStrategy):
             return super().features(rates)
         k = self.cluster.max() + 1
         means = np.stack([rates[:, self.cluster == c].mean(1) for c in range(k)], 1)
-        return means / self.ctx.budget.max_rate
+        return np.minimum(means / self.ctx.budget.max_rate, 1.0)
 
     def candidates(self, rates: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         m = self.ctx.budget.max_rate
