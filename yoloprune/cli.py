@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"yoloprune {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `yoloprune layers ... | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"yoloprune {args.command}: interrupted", file=sys.stderr)
         return 130
