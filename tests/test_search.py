@@ -126,3 +126,24 @@ def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):
     assert out.returncode == 2 and "Traceback" not in out.stderr and fragment in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("trials.jsonl"))
+
+
+def test_same_seed_same_search(tmp_path, tiny_weights, tiny_data):
+    runs = []
+    for name in ("a", "b"):
+        out = subprocess.run(search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--trials", "5", "--name", name,
+                                        "--seed", "3"), capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append([json.loads(line)["rates"] for line in (tmp_path / name / "trials.jsonl").read_text().splitlines()])
+    assert runs[0] == runs[1]
+
+
+def test_trial_store_drops_a_torn_last_line(tmp_path):
+    from yoloprune.trialstore import TrialStore
+
+    store = TrialStore(tmp_path)
+    store.append({"trial": 0})
+    store.append({"trial": 1})
+    with open(store.path, "a") as f:
+        f.write('{"trial": 2, "rat')
+    assert store.load() == [{"trial": 0}, {"trial": 1}]
