@@ -142,11 +142,6 @@ def param_count(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def flops_ratio(space: PruneSpace, rates: dict[str, float]) -> float:
-    """FLOPs kept by `rates` as a fraction of the unpruned model."""
-    return float(space.flops_ratio(space.rates_vector(rates)[None])[0])
-
-
 def group_table(space: PruneSpace) -> list[dict]:
     """The groups as plain dicts (the `layers --json` schema)."""
     return [{"name": g.name, "channels": g.channels, "parts": len(g.parts), "min_keep": g.min_keep * len(g.parts),

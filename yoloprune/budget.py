@@ -28,7 +28,6 @@ class Budget:
             raise UserError(f"--target-flops {target_flops} is impossible: pruning every group to its limit keeps "
                             f"{floor:.1%} of the FLOPs (fixed layers and minimum keep counts); ask for at least "
                             f"{np.ceil(floor * 100) / 100:.2f}")
-        self.floor = floor
 
     def ratio(self, rates: np.ndarray) -> np.ndarray:
         return self.space.flops_ratio(np.atleast_2d(rates))
@@ -44,6 +43,3 @@ class Budget:
             hi = np.where(ok, mid, hi)
             lo = np.where(ok, lo, mid)
         return self.space.realised_rates(np.clip(x + hi[:, None], 0.0, self.max_rate))
-
-    def feasible(self, rates: np.ndarray) -> np.ndarray:
-        return self.ratio(rates) <= self.target + 1e-12
