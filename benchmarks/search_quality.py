@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--budgets", default="0.5,0.4,0.6")
     parser.add_argument("--strategies", default="uniform,global,hdbo,random,bocr,saas")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2 at 50%%, else 0)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("search_quality")
@@ -32,7 +33,8 @@ def main() -> None:
         data = default_dataset()
         for budget in (float(b) for b in args.budgets.split(",")):
             for strategy in args.strategies.split(","):
-                for seed in ((0,) if strategy in ("uniform", "global") else SEEDS.get(budget, (0,))):
+                seeds = tuple(map(int, args.seeds.split(","))) if args.seeds else SEEDS.get(budget, (0,))
+                for seed in ((0,) if strategy in ("uniform", "global") else seeds):
                     unit = f"{strategy}/{budget}/{seed}/{args.trials}"
                     if unit in log.done():
                         continue
