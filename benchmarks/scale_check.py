@@ -35,7 +35,7 @@ def main() -> None:
         prune_s = time.perf_counter() - t
         evaluator = TrialEvaluator(data.yaml_path, loaded.model.names, 640, val_images=20, calib_images=32)
         t = time.perf_counter()
-        evaluator.score(prune(loaded.model, space, rates))
+        evaluator.score(pruned)
         trial_s = time.perf_counter() - t
         result = api.prune(loaded, rates, space=space)
         out = api.save_pruned(result, loaded, Path(tmp) / "pruned.pt", "l1")

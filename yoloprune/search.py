@@ -134,7 +134,7 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         if on_trial:
             on_trial(trial, max(trials, key=lambda x: x["map50_95"]), total)
     search_seconds = time.perf_counter() - start
-    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, scores)
+    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds)
 
 
 def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict], t: int) -> tuple[np.ndarray, str]:
@@ -157,14 +157,10 @@ def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict
         torch.set_num_threads(threads)
 
 
-def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float, scores) -> dict:
+def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float) -> dict:
     best = max(trials, key=lambda x: x["map50_95"])
-    pruned = prune(loaded.model, space, best["rates"], removed=removed_units(space, best["rates"], scores=scores))
-    final = evaluator.final_check(pruned)  # recalibrates BN in place: the saved model keeps those statistics
-    result = api.PruneResult(pruned, best["rates"], float(space.flops()[0]),
-                             float(space.flops(space.rates_vector(best["rates"])[None])[0]),
-                             int(sum(p.numel() for p in loaded.model.parameters())),
-                             int(sum(p.numel() for p in pruned.parameters())))
+    result = api.prune(loaded, best["rates"], cfg.criterion, cfg.round_to, space)
+    final = evaluator.final_check(result.model)  # recalibrates BN in place: the saved model keeps those statistics
     out = api.save_pruned(result, loaded, run_dir / "pruned.pt", cfg.criterion,
                           {"search": str(run_dir), "strategy": cfg.strategy})
     _write_text(run_dir / "best_rates.yaml", yaml.safe_dump({k: round(v, 6) for k, v in best["rates"].items()},
