@@ -53,7 +53,7 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp())
         try:
             result = api.PruneResult(pruned, rate_dict, 0.0, 0.0, 0, 0)
-            path = api.save_pruned(result, loaded, tmp / "candidate.pt", "l1")
+            path = api.save_pruned(result, loaded, tmp / "candidate.pt")
             best = finetune(path, data.yaml_path, SCHEDULE["epochs"], fraction=SCHEDULE["fraction"],
                             batch=SCHEDULE["batch"], workers=SCHEDULE["workers"], project=str(tmp), name="ft",
                             val=False, verbose=False)

@@ -32,7 +32,7 @@ def main() -> None:
             space = api.analyse(loaded, round_to=k)
             rates = Budget(space, args.budget).project(np.zeros((1, len(space.groups))))[0]
             result = api.prune(loaded, dict(zip(space.names, rates)), round_to=k, space=space)
-            paths.append(str(api.save_pruned(result, loaded, Path(tmp) / f"round{k}.pt", "l1")))
+            paths.append(str(api.save_pruned(result, loaded, Path(tmp) / f"round{k}.pt")))
             rows.append({"round_to": k, "flops_ratio": result.flops_after / result.flops_before})
         models = benchmark(paths, loaded.imgsz, (1, 2), runs=args.runs, warmup=10)
     for row, m in zip(rows, models[1:]):

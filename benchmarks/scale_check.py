@@ -38,7 +38,7 @@ def main() -> None:
         evaluator.score(pruned)
         trial_s = time.perf_counter() - t
         result = api.prune(loaded, rates, space=space)
-        out = api.save_pruned(result, loaded, Path(tmp) / "pruned.pt", "l1")
+        out = api.save_pruned(result, loaded, Path(tmp) / "pruned.pt")
         models = benchmark([str(weights), str(out)], 640, (1, 2), runs=5, warmup=1)
     payload = {"groups": len(space.groups), "prunable_flops_share": api.prunable_flops_share(space),
                "gflops": float(space.flops()[0]) / 1e9, "analyse_seconds": layers_s, "prune_seconds": prune_s,

@@ -3,6 +3,9 @@ candidate, strategy x FLOPs budget x seed, same trial budget for all. One line p
 in results/search_quality.jsonl; rerun to continue, finished units are skipped.
 
     python benchmarks/search_quality.py [--trials 40] [--budgets 0.5,0.4,0.6] [--strategies ...]
+
+`hdbo-box` is the trust-region ablation: hdbo with every acquisition candidate drawn across the
+whole box instead of half of them around the incumbent.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import numpy as np
 
 from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
 from yoloprune.search import SearchConfig, run_search
+from yoloprune.strategies import HDBO
+
+ABLATIONS = {"hdbo-box": ("hdbo", HDBO, "trust_region", False)}
 
 SEEDS = {0.5: (0, 1, 2), 0.4: (0,), 0.6: (0,)}
 
@@ -40,8 +46,7 @@ def main() -> None:
                         continue
                     run = Path("benchmarks/runs") / unit.replace("/", "-")
                     shutil.rmtree(run, ignore_errors=True)
-                    s = run_search(SearchConfig(str(DEFAULT_WEIGHTS), str(data.yaml_path), budget, trials=args.trials,
-                                                strategy=strategy, seed=seed, project=str(run.parent), name=run.name))
+                    s = run_unit(data, budget, strategy, seed, args.trials, run)
                     log.append(unit, {"strategy": strategy, "budget": budget, "seed": seed, "trials": s["trials"],
                                       "search_map50_95": s["best"]["map50_95"],
                                       "final_check_map50_95": s["best"]["final_check_map50_95"],
@@ -50,6 +55,20 @@ def main() -> None:
                                       "mean_trial_eval_seconds": s["mean_trial_eval_seconds"]})
                     print(unit, round(s["best"]["final_check_map50_95"], 4), flush=True)
     print_table(log.done())
+
+
+def run_unit(data, budget: float, strategy: str, seed: int, trials: int, run: Path) -> dict:
+    """One search; an ablation runs its base strategy with one class attribute switched."""
+    base, cls, attr, value = ABLATIONS.get(strategy, (strategy, None, None, None))
+    saved = getattr(cls, attr) if cls else None
+    if cls:
+        setattr(cls, attr, value)
+    try:
+        return run_search(SearchConfig(str(DEFAULT_WEIGHTS), str(data.yaml_path), budget, trials=trials,
+                                       strategy=base, seed=seed, project=str(run.parent), name=run.name))
+    finally:
+        if cls:
+            setattr(cls, attr, saved)
 
 
 def print_table(rows: dict[str, dict]) -> None:

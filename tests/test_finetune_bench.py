@@ -22,7 +22,7 @@ def pruned_tiny(tmp_path_factory):
     save_checkpoint(DetectionModel("yolov8n.yaml", nc=10, verbose=False), base, {"imgsz": 96}, {})
     loaded = api.load(base)
     result = api.prune(loaded, api.uniform_rates(api.analyse(loaded), 0.5))
-    return api.save_pruned(result, loaded, base.with_name("pruned.pt"), "l1")
+    return api.save_pruned(result, loaded, base.with_name("pruned.pt"))
 
 
 @pytest.mark.slow
@@ -47,7 +47,7 @@ def test_short_finetune_recovers_map_on_default_problem(tmp_path):
     data = default_dataset()
     loaded = api.load(DEFAULT_WEIGHTS)
     result = api.prune(loaded, api.uniform_rates(api.analyse(loaded), 0.25))
-    pruned = api.save_pruned(result, loaded, tmp_path / "pruned.pt", "l1")
+    pruned = api.save_pruned(result, loaded, tmp_path / "pruned.pt")
     before = api.evaluate(pruned, data.yaml_path, split="test", val_images=100)
     best = finetune(pruned, data.yaml_path, 1, fraction=0.1, project=str(tmp_path), name="ft", workers=0, batch=16,
                     val=False)

@@ -11,7 +11,7 @@ import yaml
 
 from yoloprune import checkpoint
 from yoloprune.errors import UserError
-from yoloprune.importance import CRITERIA
+from yoloprune.importance import CRITERIA, DEFAULT_CRITERION
 from yoloprune.space import PruneSpace, analyse as _analyse
 
 
@@ -75,9 +75,10 @@ class PruneResult:
     flops_after: float
     params_before: int
     params_after: int
+    criterion: str
 
 
-def prune(loaded: LoadedModel, rates: dict[str, float], criterion: str = "l1", round_to: int = 8,
+def prune(loaded: LoadedModel, rates: dict[str, float], criterion: str = DEFAULT_CRITERION, round_to: int = 8,
           space: PruneSpace | None = None) -> PruneResult:
     """Structurally prune `loaded.model` by {group: prune rate} (fraction of channels removed)."""
     from yoloprune.pruner import prune as prune_model
@@ -89,7 +90,7 @@ def prune(loaded: LoadedModel, rates: dict[str, float], criterion: str = "l1", r
     pruned = prune_model(loaded.model, space, rates, criterion)
     vec = space.rates_vector(rates)[None]
     return PruneResult(pruned, dict(rates), float(space.flops()[0]), float(space.flops(vec)[0]),
-                       param_count(loaded.model), param_count(pruned))
+                       param_count(loaded.model), param_count(pruned), criterion)
 
 
 def uniform_rates(space: PruneSpace, ratio: float) -> dict[str, float]:
@@ -99,14 +100,13 @@ def uniform_rates(space: PruneSpace, ratio: float) -> dict[str, float]:
     return {name: float(ratio) for name in space.names}
 
 
-def save_pruned(result: PruneResult, loaded: LoadedModel, out: str | Path, criterion: str,
-                extra: dict | None = None) -> Path:
+def save_pruned(result: PruneResult, loaded: LoadedModel, out: str | Path, extra: dict | None = None) -> Path:
     """Save a pruned model as a stock Ultralytics checkpoint with its provenance inside."""
     source = Path(loaded.source)
     provenance = {
         "source": str(source),
         "source_sha256": checkpoint.file_sha256(source) if source.is_file() else None,
-        "rates": result.rates, "criterion": criterion, "imgsz": loaded.imgsz,
+        "rates": result.rates, "criterion": result.criterion, "imgsz": loaded.imgsz,
         "flops_before": result.flops_before, "flops_after": result.flops_after,
         "params_before": result.params_before, "params_after": result.params_after, **(extra or {}),
     }

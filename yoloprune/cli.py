@@ -57,7 +57,7 @@ def cmd_prune(args) -> None:
     space = api.analyse(loaded, args.round_to)
     rates = api.read_rates(args.rates) if args.rates else api.uniform_rates(space, args.ratio)
     result = api.prune(loaded, rates, args.criterion, args.round_to, space)
-    out = api.save_pruned(result, loaded, args.out, args.criterion)
+    out = api.save_pruned(result, loaded, args.out)
     payload = {"out": str(out), "flops_before": result.flops_before, "flops_after": result.flops_after,
                "flops_ratio": result.flops_after / result.flops_before,
                "params_before": result.params_before, "params_after": result.params_after}
@@ -169,7 +169,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from yoloprune.importance import CRITERIA
+    from yoloprune.importance import CRITERIA, DEFAULT_CRITERION
 
     parser = argparse.ArgumentParser(prog="yoloprune", description="Structured pruning of Ultralytics YOLO detectors "
                                      "with per-group rates found by Bayesian optimisation.")
@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=float, help=f"one prune rate for every group; {RATE_HELP}")
     how.add_argument("--rates", help=f"YAML file {{group name: prune rate}}; {RATE_HELP}")
-    p.add_argument("--criterion", default="l1", choices=CRITERIA, help="which channels go (default l1)")
+    p.add_argument("--criterion", default=DEFAULT_CRITERION, choices=CRITERIA,
+                   help=f"which channels go (default {DEFAULT_CRITERION}: BatchNorm scale)")
     p.add_argument("--round-to", type=int, default=8, help="kept channel counts are multiples of this (default 8)")
     p.add_argument("--out", required=True, help="output checkpoint (.pt), loadable by ultralytics.YOLO")
     p.set_defaults(func=cmd_prune)
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=200, help="BN calibration images (default 200)")
     p.add_argument("--no-recalibrate", action="store_true", help="score candidates with stale BN statistics")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--criterion", default="l1", choices=CRITERIA, help="which channels go (default l1)")
+    p.add_argument("--criterion", default=DEFAULT_CRITERION, choices=CRITERIA,
+                   help=f"which channels go (default {DEFAULT_CRITERION}: BatchNorm scale)")
     p.add_argument("--round-to", type=int, default=8, help="kept channel counts are multiples of this (default 8)")
     p.add_argument("--project", default="runs/search", help="parent folder of run folders (default runs/search)")
     p.add_argument("--name", default=None, help="run folder name (default: next expN)")

@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 
 from yoloprune.graph import FIXED
-from yoloprune.importance import unit_scores
+from yoloprune.importance import DEFAULT_CRITERION, unit_scores
 from yoloprune.space import PruneSpace
 
 
-def removed_units(space: PruneSpace, rates: dict[str, float], criterion: str = "l1",
+def removed_units(space: PruneSpace, rates: dict[str, float], criterion: str = DEFAULT_CRITERION,
                   scores: dict[int, float] | None = None) -> set[int]:
     """Union-find roots to remove: per part, the lowest-scored channels beyond the kept count."""
     unknown = sorted(set(rates) - set(space.names))
@@ -39,7 +39,7 @@ def removed_units(space: PruneSpace, rates: dict[str, float], criterion: str = "
     return removed
 
 
-def prune(model: nn.Module, space: PruneSpace, rates: dict[str, float], criterion: str = "l1",
+def prune(model: nn.Module, space: PruneSpace, rates: dict[str, float], criterion: str = DEFAULT_CRITERION,
           removed: set[int] | None = None) -> nn.Module:
     """A pruned deep copy of `model` (the analysed one); `model` itself is untouched."""
     if removed is None:

@@ -23,7 +23,7 @@ from yoloprune import api
 from yoloprune.budget import Budget
 from yoloprune.errors import UserError
 from yoloprune.evaluate import TrialEvaluator
-from yoloprune.importance import CRITERIA, unit_scores
+from yoloprune.importance import CRITERIA, DEFAULT_CRITERION, unit_scores
 from yoloprune.pruner import prune, removed_units
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
                                   make_strategy)
@@ -43,7 +43,7 @@ class SearchConfig:
     calib_images: int = 200
     imgsz: int | None = None
     seed: int = 0
-    criterion: str = "l1"
+    criterion: str = DEFAULT_CRITERION
     round_to: int = 8
     recalibrate: bool = True
     project: str = "runs/search"
@@ -161,8 +161,7 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
     best = max(trials, key=lambda x: x["map50_95"])
     result = api.prune(loaded, best["rates"], cfg.criterion, cfg.round_to, space)
     final = evaluator.final_check(result.model)  # recalibrates BN in place: the saved model keeps those statistics
-    out = api.save_pruned(result, loaded, run_dir / "pruned.pt", cfg.criterion,
-                          {"search": str(run_dir), "strategy": cfg.strategy})
+    out = api.save_pruned(result, loaded, run_dir / "pruned.pt", {"search": str(run_dir), "strategy": cfg.strategy})
     _write_text(run_dir / "best_rates.yaml", yaml.safe_dump({k: round(v, 6) for k, v in best["rates"].items()},
                                                              sort_keys=False))
     propose = sum(t["propose_seconds"] for t in trials)

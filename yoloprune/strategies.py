@@ -106,6 +106,7 @@ class BayesianStrategy:
 
     kind = "gp"
     refit_every = 1
+    trust_region = True  # half the candidates perturb the incumbent (benchmarks/search_quality.py ablates it)
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
@@ -123,6 +124,8 @@ class BayesianStrategy:
         """Raw (unprojected) candidate rates around the incumbent and across the box."""
         g = rates.shape[1]
         m = self.ctx.budget.max_rate
+        if not self.trust_region:
+            return rng.random((N_CANDIDATES, g)) * m
         best = rates[int(np.argmax(scores))]
         length = trust_region_length(scores[self.ctx.n_init:], g)
         mask = rng.random((N_CANDIDATES // 2, g)) < min(1.0, 20.0 / g)
