@@ -84,7 +84,9 @@ def cmd_eval(args) -> None:
 def cmd_search(args) -> None:
     from yoloprune.search import SearchConfig, run_search
 
-    cfg = SearchConfig(weights=args.weights, data=args.data, target_flops=args.target_flops, trials=args.trials,
+    cfg = SearchConfig(weights=args.weights, data=args.data, target_flops=args.target_flops,
+                       max_latency_ms=args.max_latency_ms, latency_threads=args.latency_threads,
+                       latency_models=args.latency_models, trials=args.trials,
                        strategy=args.strategy, val_images=args.val_images, calib_images=args.calib_images,
                        imgsz=args.imgsz, seed=args.seed, criterion=args.criterion, round_to=args.round_to,
                        recalibrate=not args.no_recalibrate, project=args.project, name=args.name, resume=args.resume)
@@ -100,7 +102,7 @@ def cmd_search(args) -> None:
         bar.update(1)
         bar.set_postfix(best=f"{best['map50_95']:.4f}", last=f"{trial['map50_95']:.4f}")
 
-    summary = run_search(cfg, on_trial)
+    summary = run_search(cfg, on_trial, log=lambda msg: print(msg, file=sys.stderr))
     if bar is not None:
         bar.close()
     b = summary["best"]
@@ -109,6 +111,8 @@ def cmd_search(args) -> None:
         f"best trial  {b['trial']}: FLOPs kept {b['flops_ratio']:.1%}, mAP50-95 {b['map50_95']:.4f} on the search "
         f"slice, {b['final_check_map50_95']:.4f} on {b['final_check_images']} final-check images",
         f"pruned      {summary['pruned']}",
+        *([f"latency     {summary['measured_latency_ms']:.2f} ms measured (ORT, {summary['latency_threads']} thread(s), "
+           f"budget {summary['max_latency_ms']} ms)"] if summary["measured_latency_ms"] is not None else []),
         f"BO overhead {summary['bo_overhead_share']:.1%} of trial time; "
         f"{summary['mean_trial_eval_seconds']:.1f} s per trial evaluation",
     ])
@@ -210,12 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=200, help="calibration images for --recalibrate")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("search", help="Bayesian optimisation of per-group prune rates under a FLOPs budget")
+    p = sub.add_parser("search", help="Bayesian optimisation of per-group prune rates under a FLOPs and/or "
+                                      "latency budget")
     common(p)
     p.add_argument("--data", required=True, help="Ultralytics dataset YAML (search slice from val, final check "
                    "from test if present, BN calibration from calib or train)")
-    p.add_argument("--target-flops", type=float, required=True,
+    p.add_argument("--target-flops", type=float, default=None,
                    help="fraction of the unpruned FLOPs to KEEP, e.g. 0.5 (rates, by contrast, are fractions removed)")
+    p.add_argument("--max-latency-ms", type=float, default=None,
+                   help="ONNX Runtime latency budget (batch 1) the final model must MEASURE within; alone or with "
+                        "--target-flops. The first search fits a latency model on this machine (minutes; cached)")
+    p.add_argument("--latency-threads", type=int, default=1, help="ORT intra-op threads for the latency budget")
+    p.add_argument("--latency-models", type=int, default=60,
+                   help="pruned models measured to fit the latency model (default 60, a third held out)")
     p.add_argument("--trials", type=int, default=60, help="evaluations, initial design included (default 60)")
     p.add_argument("--strategy", default="hdbo", help="hdbo (default), bocr, saas, random, uniform, global")
     p.add_argument("--val-images", type=int, default=200, help="search slice size (default 200)")

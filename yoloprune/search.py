@@ -24,6 +24,7 @@ from yoloprune.budget import Budget
 from yoloprune.errors import UserError
 from yoloprune.evaluate import TrialEvaluator
 from yoloprune.importance import CRITERIA, DEFAULT_CRITERION, unit_scores
+from yoloprune.latency import latency_model, measure
 from yoloprune.pruner import prune, removed_units
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
                                   make_strategy)
@@ -36,7 +37,10 @@ class SearchConfig:
 
     weights: str
     data: str
-    target_flops: float
+    target_flops: float | None = None
+    max_latency_ms: float | None = None
+    latency_threads: int = 1
+    latency_models: int = 60
     trials: int = 60
     strategy: str = "hdbo"
     val_images: int = 200
@@ -51,7 +55,7 @@ class SearchConfig:
     resume: bool = False
 
 
-IDENTITY = ("weights_sha256", "data", "target_flops", "imgsz", "criterion", "round_to", "val_images", "calib_images",
+IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "latency_threads", "imgsz", "criterion", "round_to", "val_images", "calib_images",
             "recalibrate", "strategy", "seed", "trials")
 
 
@@ -64,8 +68,17 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError("--val-images and --calib-images must be >= 1 (use --no-recalibrate to skip calibration)")
     if not cfg.weights.endswith(".pt"):
         raise UserError(f"search needs a trained .pt checkpoint, got {cfg.weights}")
-    if not 0.0 < cfg.target_flops < 1.0:
+    if cfg.target_flops is None and cfg.max_latency_ms is None:
+        raise UserError("give --target-flops, --max-latency-ms or both")
+    if cfg.target_flops is not None and not 0.0 < cfg.target_flops < 1.0:
         raise UserError(f"--target-flops {cfg.target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
+    if cfg.max_latency_ms is not None and cfg.max_latency_ms <= 0:
+        raise UserError(f"--max-latency-ms {cfg.max_latency_ms} must be > 0")
+    if cfg.latency_models < 4:
+        raise UserError(f"--latency-models must be >= 4 (a fit needs a few measured models), got {cfg.latency_models}")
+    cores = os.cpu_count() or 1
+    if not 1 <= cfg.latency_threads <= cores:
+        raise UserError(f"--latency-threads {cfg.latency_threads} must lie in 1..{cores} (visible cores)")
     if cfg.criterion not in CRITERIA:
         raise UserError(f"unknown criterion '{cfg.criterion}' (choose from {', '.join(CRITERIA)})")
 
@@ -89,17 +102,22 @@ def run_dir_for(cfg: SearchConfig) -> Path:
     return project / ("exp" if n == 1 else f"exp{n}")
 
 
-def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | None = None) -> dict:
+def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | None = None,
+               log: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) a search and return its summary (also written to summary.json)."""
     check_config(cfg)
     loaded = api.load(cfg.weights, cfg.imgsz)
     space = api.analyse(loaded, cfg.round_to)
-    budget = Budget(space, cfg.target_flops)
+    sha = api.checkpoint.file_sha256(cfg.weights) if Path(cfg.weights).is_file() else None
+    latency = None
+    if cfg.max_latency_ms is not None:
+        if cfg.target_flops is not None:
+            Budget(space, cfg.target_flops)  # an impossible FLOPs budget fails before minutes of latency fitting
+        latency = latency_model(loaded, space, cfg.latency_threads, sha, cfg.latency_models, log=log)
+    budget = Budget(space, cfg.target_flops, latency=latency, max_latency_ms=cfg.max_latency_ms)
     total = 1 if cfg.strategy in DETERMINISTIC else cfg.trials
     run_dir = run_dir_for(cfg)
-    meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total,
-            "weights_sha256": api.checkpoint.file_sha256(cfg.weights) if Path(cfg.weights).is_file() else None,
-            "groups": space.names}
+    meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names}
     if cfg.resume:
         old = json.loads((run_dir / "meta.json").read_text())
         diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
@@ -127,6 +145,7 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         pruned = prune(loaded.model, space, rate_dict, removed=removed_units(space, rate_dict, scores=scores))
         r = evaluator.score(pruned)
         trial = {"trial": t, "phase": phase, "rates": rate_dict, "flops_ratio": float(budget.ratio(rates)[0]),
+                 "latency_ms_est": float(latency.predict(space, rates)[0]) if latency else None,
                  "params": int(sum(p.numel() for p in pruned.parameters())), "map50_95": r.map50_95,
                  "map50": r.map50, "eval_seconds": r.seconds, "propose_seconds": propose_s}
         store.append(trial)
@@ -134,7 +153,9 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         if on_trial:
             on_trial(trial, max(trials, key=lambda x: x["map50_95"]), total)
     search_seconds = time.perf_counter() - start
-    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds)
+    if latency:
+        _write_json(run_dir / "latency_model.json", asdict(latency))
+    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, latency, log)
 
 
 def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict], t: int) -> tuple[np.ndarray, str]:
@@ -157,8 +178,11 @@ def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict
         torch.set_num_threads(threads)
 
 
-def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float) -> dict:
-    best = max(trials, key=lambda x: x["map50_95"])
+def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float, latency=None,
+            log=None) -> dict:
+    best, measured_ms = max(trials, key=lambda x: x["map50_95"]), None
+    if latency:
+        best, measured_ms = _fastest_enough(cfg, loaded, space, trials, log)
     result = api.prune(loaded, best["rates"], cfg.criterion, cfg.round_to, space)
     final = evaluator.final_check(result.model)  # recalibrates BN in place: the saved model keeps those statistics
     out = api.save_pruned(result, loaded, run_dir / "pruned.pt", {"search": str(run_dir), "strategy": cfg.strategy})
@@ -169,16 +193,34 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
     summary = {
         "run_dir": str(run_dir), "strategy": cfg.strategy, "target_flops": cfg.target_flops, "trials": len(trials),
         "best": {"trial": best["trial"], "rates": best["rates"], "flops_ratio": best["flops_ratio"],
+                 "latency_ms_est": best.get("latency_ms_est"),
                  "params": result.params_after, "map50_95": best["map50_95"], "map50": best["map50"],
                  "final_check_map50_95": final.map50_95, "final_check_map50": final.map50,
                  "final_check_images": final.images, "final_check_disjoint": evaluator.final_disjoint},
         "pruned": str(out), "search_seconds": search_seconds,
+        "max_latency_ms": cfg.max_latency_ms, "latency_threads": cfg.latency_threads if latency else None,
+        "measured_latency_ms": measured_ms,
         "bo_overhead_share": propose / wall if wall else 0.0,
         "mean_trial_eval_seconds": float(np.mean([t["eval_seconds"] for t in trials])),
     }
     _write_json(run_dir / "summary.json", summary)
     plot_run(trials, best, space.names, run_dir)
     return summary
+
+
+def _fastest_enough(cfg, loaded, space, trials: list[dict], log, tries: int = 10) -> tuple[dict, float]:
+    """The best trial whose exported model MEASURES within --max-latency-ms (the estimate kept a margin; this
+    makes sure): trials are measured in order of mAP until one fits."""
+    ranked = sorted(trials, key=lambda x: -x["map50_95"])[:tries]
+    for trial in ranked:
+        rates = space.rates_vector(trial["rates"])[None]
+        ms = float(measure(loaded, space, rates, cfg.latency_threads, runs=50)[0])
+        if log:
+            log(f"trial {trial['trial']}: measured {ms:.2f} ms (estimated {trial['latency_ms_est']:.2f} ms)")
+        if ms <= cfg.max_latency_ms:
+            return trial, ms
+    raise UserError(f"none of the {len(ranked)} best trials measured within --max-latency-ms {cfg.max_latency_ms} "
+                    f"on this machine (the latency model is off here); nothing was saved, the trials are kept")
 
 
 def plot_run(trials: list[dict], best: dict, names: list[str], run_dir: Path) -> None:

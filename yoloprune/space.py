@@ -51,6 +51,7 @@ class PruneSpace:
     # FLOPs model: flops(f) = 2 * sum_c w_c * (in_fixed_c + A_in[c] . f) * (out_fixed_c + A_out[c] . f)
     conv_names: list[str] = field(default_factory=list)
     weight: np.ndarray = None
+    conv_area: np.ndarray = None  # output pixels of each conv at imgsz
     in_fixed: np.ndarray = None
     a_in: np.ndarray = None
     out_fixed: np.ndarray = None
@@ -90,13 +91,16 @@ class PruneSpace:
         first_part = np.array([int(np.argmax(self.part_group == i)) for i in range(len(self.groups))])
         return 1.0 - self.keep_fractions(rates)[:, first_part]
 
-    def flops(self, rates: np.ndarray | None = None, rounded: bool = True) -> np.ndarray:
-        """Conv FLOPs (2 x MACs) for a (B, G) array of rates; None means the unpruned model."""
+    def conv_channels(self, rates: np.ndarray | None = None, rounded: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(input, output) channel counts of every traced conv, each (B, n_convs), for a (B, G) array of rates."""
         if rates is None:
             rates = np.zeros((1, len(self.groups)))
         f = self.keep_fractions(rates, rounded)
-        cin = self.in_fixed + f @ self.a_in.T
-        cout = self.out_fixed + f @ self.a_out.T
+        return self.in_fixed + f @ self.a_in.T, self.out_fixed + f @ self.a_out.T
+
+    def flops(self, rates: np.ndarray | None = None, rounded: bool = True) -> np.ndarray:
+        """Conv FLOPs (2 x MACs) for a (B, G) array of rates; None means the unpruned model."""
+        cin, cout = self.conv_channels(rates, rounded)
         return 2.0 * (cin * cout) @ self.weight + self.other_flops
 
     def flops_ratio(self, rates: np.ndarray, rounded: bool = True) -> np.ndarray:
@@ -275,6 +279,7 @@ def _build_flops_model(space: PruneSpace) -> None:
     in_fixed = np.zeros(len(convs))
     out_fixed = np.zeros(len(convs))
     weight = np.zeros(len(convs))
+    area = np.zeros(len(convs))
     scale = (space.imgsz / graph.trace_imgsz) ** 2
     for ci, node in enumerate(convs):
         m = node.module
@@ -293,10 +298,11 @@ def _build_flops_model(space: PruneSpace) -> None:
                     a_in[ci, p] += 1
         else:
             in_fixed[ci] = m.in_channels // m.groups
-        weight[ci] = m.kernel_size[0] * m.kernel_size[1] * node.area * scale
+        area[ci] = node.area * scale
+        weight[ci] = m.kernel_size[0] * m.kernel_size[1] * area[ci]
     space.conv_names = [n.name for n in convs]
     space.a_in, space.a_out = a_in, a_out
-    space.in_fixed, space.out_fixed, space.weight = in_fixed, out_fixed, weight
+    space.in_fixed, space.out_fixed, space.weight, space.conv_area = in_fixed, out_fixed, weight, area
     space.part_group = np.array(part_group, int)
 
 

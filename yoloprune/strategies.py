@@ -77,7 +77,7 @@ def global_threshold_rates(ctx: SearchContext) -> np.ndarray:
     lo, hi = 0.0, max(float(s[-1]) for s in per_group) + 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        if ctx.budget.ratio(space.realised_rates(rates_at(mid)))[0] <= ctx.budget.target:
+        if ctx.budget.feasible(space.realised_rates(rates_at(mid)))[0]:
             hi = mid
         else:
             lo = mid

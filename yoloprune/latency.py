@@ -1,0 +1,162 @@
+"""Latency model for the search: ONNX Runtime latency of a pruned model, estimated from its channel counts.
+
+Fitted once per model, machine, ORT thread count, image size and round-to, on whole pruned
+models of the user's model, each exported by Ultralytics and timed in ONNX Runtime, and cached
+under ~/.cache/yoloprune/latency/ ($YOLOPRUNE_CACHE moves it). A fit over whole models sees what ORT fuses and how its
+kernels block channels; a per-layer table would not. The estimate is linear, with non-negative
+weights, in a constant plus, per output resolution, the conv FLOPs and the activation volume
+written: early high-resolution layers cost more per FLOP than late ones. A share of the models
+is held out to measure the estimate's error; its median becomes the margin the budget keeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from yoloprune.space import PruneSpace
+
+MIN_MARGIN = 0.02
+
+
+@dataclass
+class LatencyModel:
+    """ms = coef . features(rates); margin = held-out median relative error (at least MIN_MARGIN)."""
+
+    key: dict
+    levels: list[float]
+    coef: list[float]
+    margin: float
+    held_out: dict
+
+    @property
+    def threads(self) -> int:
+        return int(self.key["threads"])
+
+    def predict(self, space: PruneSpace, rates: np.ndarray) -> np.ndarray:
+        """Estimated ms for each row of realised rates (B, G)."""
+        return features(space, rates, self.levels) @ np.asarray(self.coef)
+
+
+def features(space: PruneSpace, rates: np.ndarray, levels: list[float]) -> np.ndarray:
+    """(B, 1 + 2L): a constant, then per output resolution level the conv FLOPs (G) and output volume (M)."""
+    cin, cout = space.conv_channels(np.atleast_2d(rates))
+    flops = 2.0 * cin * cout * space.weight / 1e9
+    volume = cout * space.conv_area / 1e6
+    cols = [np.ones(len(cin))]
+    for level in levels:
+        at = np.isclose(space.conv_area, level)
+        cols += [flops[:, at].sum(1), volume[:, at].sum(1)]
+    return np.stack(cols, 1)
+
+
+def cache_key(weights_sha256: str, space: PruneSpace, threads: int) -> dict:
+    import onnxruntime
+
+    return {"weights_sha256": weights_sha256, "imgsz": space.imgsz, "round_to": space.round_to, "threads": threads,
+            "cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def sample_rates(space: PruneSpace, n: int, seed: int = 0) -> np.ndarray:
+    """n pruned configurations spread over FLOPs budgets from the deepest feasible to none: the unpruned
+    model first, then random rates projected onto random FLOPs targets."""
+    from yoloprune.budget import MAX_RATE, Budget
+
+    rng = np.random.default_rng(seed)
+    floor = float(space.flops_ratio(np.full((1, len(space.groups)), MAX_RATE))[0])
+    rows = [np.zeros(len(space.groups))]
+    for target in rng.uniform(min(floor + 0.02, 0.95), 0.98, n - 1):
+        rows.append(Budget(space, float(target)).project(rng.random((1, len(space.groups))) * MAX_RATE)[0])
+    return np.array(rows)
+
+
+def measure(loaded, space: PruneSpace, rates: np.ndarray, threads: int, runs: int = 30, warmup: int = 5,
+            log: Callable[[str], None] | None = None) -> np.ndarray:
+    """Median ONNX Runtime ms (batch 1) of the model pruned by each row of `rates`, as Ultralytics exports it."""
+    from yoloprune import api
+    from yoloprune.bench import export_onnx, session
+    from yoloprune.checkpoint import save_checkpoint
+
+    tmp = Path(tempfile.mkdtemp(prefix="yoloprune-latency-"))
+    x = np.random.default_rng(0).random((1, 3, space.imgsz, space.imgsz), dtype=np.float32)
+    out = []
+    try:
+        for i, row in enumerate(rates):
+            result = api.prune(loaded, dict(zip(space.names, map(float, row))), space=space)
+            ckpt = tmp / f"m{i}.pt"
+            save_checkpoint(result.model, ckpt, loaded.train_args or {"imgsz": space.imgsz}, {})
+            onnx_path, _ = export_onnx(str(ckpt), space.imgsz, tmp)
+            sess = session(onnx_path, threads)
+            name = sess.get_inputs()[0].name
+            for _ in range(warmup):
+                sess.run(None, {name: x})
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                sess.run(None, {name: x})
+                times.append((time.perf_counter() - t0) * 1e3)
+            out.append(float(np.median(times)))
+            for f in tmp.iterdir():
+                f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
+            if log:
+                log(f"latency model: measured {i + 1}/{len(rates)} ({out[-1]:.2f} ms)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return np.array(out)
+
+
+def fit(space: PruneSpace, rates: np.ndarray, ms: np.ndarray, key: dict, held_out: int) -> LatencyModel:
+    """Non-negative least squares on all but the last `held_out` models; the rest measure the error."""
+    from scipy.optimize import nnls
+
+    levels = sorted({float(a) for a in space.conv_area}, reverse=True)
+    x = features(space, rates, levels)
+    n_fit = len(rates) - held_out
+    scale = np.maximum(np.abs(x[:n_fit]).max(0), 1e-12)
+    coef, _ = nnls(x[:n_fit] / scale, ms[:n_fit])
+    coef = coef / scale
+    err = np.abs(x[n_fit:] @ coef - ms[n_fit:]) / ms[n_fit:] if held_out else np.zeros(1)
+    stats = {"models": int(held_out), "median_rel_error": float(np.median(err)), "max_rel_error": float(err.max()),
+             "fit_models": int(n_fit), "measured_ms": ms[n_fit:].tolist(), "estimated_ms": (x[n_fit:] @ coef).tolist()}
+    return LatencyModel(key, levels, coef.tolist(), max(MIN_MARGIN, stats["median_rel_error"]), stats)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("YOLOPRUNE_CACHE", Path.home() / ".cache" / "yoloprune")) / "latency"
+
+
+def latency_model(loaded, space: PruneSpace, threads: int, weights_sha256: str, models: int = 60,
+                  log: Callable[[str], None] | None = None) -> LatencyModel:
+    """The cached latency model for this model, machine, thread count and image size, fitted if missing
+    (`models` measured, a third of them, at most 20, held out to measure the error)."""
+    key = {**cache_key(weights_sha256, space, threads), "models": models}
+    path = cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+    if path.exists():
+        return LatencyModel(**json.loads(path.read_text()))
+    rates = sample_rates(space, models)
+    model = fit(space, rates, measure(loaded, space, rates, threads, log=log), key, max(1, min(20, models // 3)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(model), indent=2))
+    os.replace(tmp, path)
+    return model
