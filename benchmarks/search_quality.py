@@ -72,17 +72,20 @@ def run_unit(data, budget: float, strategy: str, seed: int, trials: int, run: Pa
 
 
 def print_table(rows: dict[str, dict]) -> None:
-    cells: dict[tuple[str, float], list[float]] = {}
+    """strategy (and trial budget) x FLOPs budget: mean ± std of the final-check mAP over seeds; BO overhead."""
+    cells: dict[tuple[str, float], list[dict]] = {}
     for r in rows.values():
-        cells.setdefault((r["strategy"], r["budget"]), []).append(r["final_check_map50_95"])
+        label = r["strategy"] if r["strategy"] in ("uniform", "global") else f"{r['strategy']} x{r['trials']}"
+        cells.setdefault((label, r["budget"]), []).append(r)
     budgets = sorted({b for _, b in cells})
-    print(f"{'strategy':<10}" + "".join(f"{f'{b:.0%} FLOPs':>22}" for b in budgets))
-    for s in sorted({s for s, _ in cells}):
-        line = f"{s:<10}"
+    print(f"{'strategy':<14}" + "".join(f"{f'{b:.0%} FLOPs':>24}" for b in budgets) + "   BO overhead")
+    for label in sorted({s for s, _ in cells}):
+        line, overhead = f"{label:<14}", []
         for b in budgets:
-            v = cells.get((s, b))
-            line += f"{'-':>22}" if not v else f"{np.mean(v):>12.4f} ± {np.std(v):.4f} (n={len(v)})"
-        print(line)
+            v = [r["final_check_map50_95"] for r in cells.get((label, b), [])]
+            overhead += [r["bo_overhead_share"] for r in cells.get((label, b), [])]
+            line += f"{'-':>24}" if not v else f"{np.mean(v):>14.4f} ± {np.std(v):.4f} (n={len(v)})"
+        print(line + f"   {np.mean(overhead):.1%}")
 
 
 if __name__ == "__main__":

@@ -89,3 +89,25 @@ def test_trial_evaluator_slices_are_disjoint_and_reused(tiny_data):
     assert len(ev.search.images) == 8 and len(ev.final.images) == 16
     r = ev.score(model)
     assert r.images == 8 and 0.0 <= r.map50_95 <= 1.0
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not trained yet")
+def test_exported_onnx_scores_like_its_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    from yoloprune import api
+    from yoloprune.bench import export_onnx
+    from yoloprune.defaults import default_dataset
+
+    data = default_dataset()
+    onnx_path, _ = export_onnx(str(DEFAULT_WEIGHTS), 192, tmp_path)
+    pt = api.evaluate(DEFAULT_WEIGHTS, data.yaml_path, val_images=40)
+    ox = api.evaluate(onnx_path, data.yaml_path, val_images=40)
+    assert ox.images == 40 and ox.map50_95 == pytest.approx(pt.map50_95, abs=0.005)
+    (tmp_path / "junk.onnx").write_text("not a model")
+    for extra in (["--weights", str(tmp_path / "junk.onnx")], ["--weights", str(onnx_path), "--recalibrate"],
+                  ["--weights", str(onnx_path), "--imgsz", "96"]):
+        out = subprocess.run([sys.executable, "-m", "yoloprune", "eval", "--data", str(data.yaml_path), *extra],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

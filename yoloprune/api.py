@@ -117,14 +117,22 @@ def save_pruned(result: PruneResult, loaded: LoadedModel, out: str | Path, extra
 def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_images: int | None = None,
              imgsz: int | None = None, batch: int = 32, slice_seed: int | None = None, recalibrate: bool = False,
              calib_images: int = 200, image_dir: str | None = None):
-    """mAP50-95 and mAP50 (pycocotools) of a model on a slice of a data set's split."""
+    """mAP50-95 and mAP50 (pycocotools) of a model (.pt, or an exported .onnx) on a slice of a data set's split."""
     from yoloprune.data import load_split, subset, take_slice
-    from yoloprune.evaluate import calibration_batches, evaluate as run_eval, recalibrate_bn
+    from yoloprune.evaluate import OnnxDetector, calibration_batches, evaluate as run_eval, recalibrate_bn
 
     if val_images is not None and val_images < 1:
         raise UserError(f"--val-images must be >= 1, got {val_images}")
     if batch < 1 or calib_images < 1:
         raise UserError("--batch and --calib-images must be >= 1")
+    if str(weights).endswith(".onnx"):
+        onnx_model = OnnxDetector(weights)
+        if recalibrate:
+            raise UserError("--recalibrate needs a PyTorch checkpoint: an ONNX model has no BatchNorm left to update")
+        if imgsz not in (None, onnx_model.imgsz):
+            raise UserError(f"{weights} was exported at {onnx_model.imgsz} px; --imgsz {imgsz} cannot change that")
+        det = load_split(data, split, onnx_model.names, image_dir)
+        return run_eval(onnx_model, subset(det, take_slice(det, val_images, slice_seed)), onnx_model.imgsz, batch)
     loaded = load(weights, imgsz)
     det = load_split(data, split, loaded.model.names, image_dir)
     det = subset(det, take_slice(det, val_images, slice_seed))

@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with per-group rates found by Bayesian optimisation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    def common(p, json_flag=True):
-        p.add_argument("--weights", required=True, help="Ultralytics .pt checkpoint or model .yaml")
+    def common(p, json_flag=True, weights_help="Ultralytics .pt checkpoint or model .yaml"):
+        p.add_argument("--weights", required=True, help=weights_help)
         p.add_argument("--imgsz", type=int, default=None, help="image size (default: the checkpoint's training size)")
         if json_flag:
             p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("eval", help="mAP50-95 / mAP50 by pycocotools on a val slice")
-    common(p)
+    common(p, weights_help="Ultralytics .pt checkpoint, model .yaml, or a .onnx exported by Ultralytics")
     p.add_argument("--data", required=True, help="Ultralytics dataset YAML, or a COCO annotation JSON (+ --images)")
     p.add_argument("--images", help="image folder of a COCO JSON (default: ../images/<split> beside it)")
     p.add_argument("--split", default="val", help="split of a dataset YAML (default val)")

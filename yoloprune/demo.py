@@ -19,7 +19,7 @@ FULL = {"trials": 12, "val_images": 100, "calib_images": 128, "epochs": 1, "frac
         "bench_runs": 30}
 QUICK = {"trials": 4, "val_images": 24, "calib_images": 32, "epochs": 1, "fraction": 0.02, "test_images": 48,
          "bench_runs": 5}
-DEMO_TARGET_FLOPS = 0.7
+DEMO_TARGET_FLOPS = 0.5
 
 
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda msg: None) -> dict:

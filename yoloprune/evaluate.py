@@ -82,20 +82,59 @@ def fused_copy(model: nn.Module) -> nn.Module:
     return model.fuse(verbose=False) if hasattr(model, "fuse") else model
 
 
+class OnnxDetector:
+    """An exported .onnx detector run by ONNX Runtime, with the class names and size its export recorded."""
+
+    def __init__(self, path: str | Path) -> None:
+        import ast
+
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"ONNX file not found: {path}")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001  ORT raises its own exception types
+            raise UserError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:120]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "names" not in meta or "imgsz" not in meta:
+            raise UserError(f"{path} has no class names / image size metadata: export it with Ultralytics")
+        self.names = {int(k): v for k, v in ast.literal_eval(meta["names"]).items()}
+        self.imgsz = int(ast.literal_eval(meta["imgsz"])[0])
+        self.end2end = meta.get("end2end", "False") == "True"
+        self.input = self.session.get_inputs()[0]
+        self.batch = self.input.shape[0] if isinstance(self.input.shape[0], int) else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        step = self.batch or len(x)
+        x = x.float().contiguous().numpy()
+        outs = [self.session.run(None, {self.input.name: x[k:k + step]})[0] for k in range(0, len(x), step)]
+        return torch.from_numpy(np.concatenate(outs))
+
+
+@contextlib.contextmanager
+def _forward(model: nn.Module | OnnxDetector):
+    """(forward function, input dtype, end-to-end head?) for a PyTorch model (fused copy) or an ONNX one."""
+    if isinstance(model, OnnxDetector):
+        yield model, torch.float32, model.end2end
+        return
+    model = fused_copy(model)
+    head = model.model[-1] if hasattr(model, "model") else None
+    with channels_last(model):
+        yield model, next(model.parameters()).dtype, bool(getattr(head, "end2end", False))
+
+
 @torch.no_grad()
-def predict(model: nn.Module, pixels: torch.Tensor, batch: int = 32) -> list[torch.Tensor]:
+def predict(model: nn.Module | OnnxDetector, pixels: torch.Tensor, batch: int = 32) -> list[torch.Tensor]:
     """Detections (x1, y1, x2, y2, conf, cls) per image, in letterboxed coordinates."""
     from ultralytics.utils.nms import non_max_suppression
 
-    model = fused_copy(model)
-    head = model.model[-1] if hasattr(model, "model") else None
-    end2end = bool(getattr(head, "end2end", False))
-    dtype = next(model.parameters()).dtype
     out: list[torch.Tensor] = []
-    with channels_last(model):
+    with _forward(model) as (forward, dtype, end2end):
         for k in range(0, len(pixels), batch):
             x = (pixels[k:k + batch].to(dtype) / 255.0).contiguous(memory_format=torch.channels_last)
-            preds = model(x)
+            preds = forward(x)
             out += non_max_suppression(preds, CONF, IOU, multi_label=True, max_det=MAX_DET, end2end=end2end)
     return out
 
@@ -143,7 +182,7 @@ def _mean_valid(precision: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else 0.0
 
 
-def evaluate(model: nn.Module, det: DetSplit, imgsz: int, batch: int = 32,
+def evaluate(model: nn.Module | OnnxDetector, det: DetSplit, imgsz: int, batch: int = 32,
              images: LetterboxedImages | None = None) -> EvalResult:
     """mAP of `model` on all images of `det` (letterboxed here unless given)."""
     t0 = time.perf_counter()

@@ -1,0 +1,88 @@
+"""Does latency-aware search earn its place? On the default model, at one measured ONNX Runtime latency
+budget (1 thread): the latency model's error on held-out pruned models, then the final-check mAP of
+`search --max-latency-ms L` against the best FLOPs-only search (three FLOPs budgets around the one
+the latency implies) whose best model MEASURES within L. One line per finished unit in
+results/latency_search.jsonl; rerun to continue.
+
+    python benchmarks/latency_search.py [--trials 30] [--speedup 1.6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import common
+import numpy as np
+
+from yoloprune import api
+from yoloprune.budget import Budget
+from yoloprune.checkpoint import file_sha256
+from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.latency import latency_model, measure
+from yoloprune.search import SearchConfig, run_search
+
+THREADS = 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--speedup", type=float, default=1.6, help="latency budget = unpruned latency / speedup")
+    args = parser.parse_args()
+    log = common.UnitLog("latency_search")
+    data = default_dataset()
+    loaded = api.load(DEFAULT_WEIGHTS)
+    space = api.analyse(loaded)
+    model = latency_model(loaded, space, THREADS, file_sha256(DEFAULT_WEIGHTS), log=print)
+    done = log.done()
+    if "reference" not in done:
+        unpruned = float(measure(loaded, space, np.zeros((1, len(space.groups))), THREADS, runs=100)[0])
+        log.append("reference", {"unpruned_ms": unpruned, "held_out": model.held_out, "margin": model.margin,
+                                 "threads": THREADS})
+        done = log.done()
+    limit = round(done["reference"]["unpruned_ms"] / args.speedup, 2)
+    uniform_at_limit = Budget(space, None, latency=model, max_latency_ms=limit).project(np.zeros((1, len(space.groups))))
+    implied = float(space.flops_ratio(uniform_at_limit)[0])
+    runs = {"aware": {"max_latency_ms": limit}}
+    for f in (implied - 0.05, implied, implied + 0.05):
+        runs[f"flops-{f:.3f}"] = {"target_flops": round(f, 3)}
+    for unit, budget in runs.items():
+        key = f"{unit}/{limit}/{args.trials}"
+        if key in log.done():
+            continue
+        run = Path("benchmarks/runs/latency") / key.replace("/", "-")
+        shutil.rmtree(run, ignore_errors=True)
+        s = run_search(SearchConfig(str(DEFAULT_WEIGHTS), str(data.yaml_path), trials=args.trials,
+                                    project=str(run.parent), name=run.name, **budget), log=print)
+        ms = s["measured_latency_ms"]
+        if ms is None:
+            ms = float(measure(loaded, space, space.rates_vector(s["best"]["rates"])[None], THREADS, runs=50)[0])
+        log.append(key, {"unit": unit, "limit_ms": limit, **budget, "measured_ms": ms, "meets_limit": ms <= limit,
+                         "flops_ratio": s["best"]["flops_ratio"], "final_check_map50_95": s["best"]["final_check_map50_95"],
+                         "trials": s["trials"]})
+    print_table(log.done(), limit)
+
+
+def print_table(rows: dict[str, dict], limit: float) -> None:
+    ref = rows["reference"]
+    h = ref["held_out"]
+    print(f"latency model ({ref['threads']} thread): held-out median relative error {h['median_rel_error']:.1%}, "
+          f"max {h['max_rel_error']:.1%} over {h['models']} pruned models; unpruned {ref['unpruned_ms']:.2f} ms")
+    print(f"budget {limit} ms")
+    for key, r in rows.items():
+        if key != "reference" and r["limit_ms"] == limit:
+            print(f"{r['unit']:<14} FLOPs kept {r['flops_ratio']:.3f}  measured {r['measured_ms']:.2f} ms "
+                  f"({'meets' if r['meets_limit'] else 'OVER'})  final-check mAP50-95 {r['final_check_map50_95']:.4f}")
+    flops_only = [r for k, r in rows.items() if r.get("unit", "").startswith("flops") and r["meets_limit"]
+                  and r["limit_ms"] == limit]
+    aware = [r for r in rows.values() if r.get("unit") == "aware" and r["limit_ms"] == limit]
+    if aware and flops_only:
+        best = max(flops_only, key=lambda r: r["final_check_map50_95"])
+        print(f"latency-aware {aware[0]['final_check_map50_95']:.4f} vs best FLOPs-only within the budget "
+              f"{best['final_check_map50_95']:.4f} ({best['unit']})")
+
+
+if __name__ == "__main__":
+    main()
