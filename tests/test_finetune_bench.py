@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune import api
@@ -77,3 +78,14 @@ def test_bench_rejects_more_threads_than_cores(pruned_tiny):
     out = subprocess.run([sys.executable, "-m", "yoloprune", "bench", "--weights", str(pruned_tiny),
                           "--threads", str((os.cpu_count() or 1) + 1)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "visible cores" in out.stderr
+
+
+def test_bench_says_so_when_a_model_fails_to_export(tmp_path):
+    model = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
+    model.model[0].act = torch.nn.AdaptiveMaxPool2d((7, 7))  # stock module; the forward no longer fits together
+    broken = tmp_path / "broken.pt"
+    save_checkpoint(model, broken, {"imgsz": 96}, {})
+    out = subprocess.run([sys.executable, "-m", "yoloprune", "bench", "--weights", str(broken), "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "ONNX export failed" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -55,8 +55,8 @@ class SearchConfig:
     resume: bool = False
 
 
-IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "latency_threads", "imgsz", "criterion", "round_to", "val_images", "calib_images",
-            "recalibrate", "strategy", "seed", "trials")
+IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "latency_threads", "latency_models", "imgsz",
+            "criterion", "round_to", "val_images", "calib_images", "recalibrate", "strategy", "seed", "trials")
 
 
 def check_config(cfg: SearchConfig) -> None:
