@@ -45,8 +45,9 @@ def main() -> None:
     limit = round(done["reference"]["unpruned_ms"] / args.speedup, 2)
     uniform_at_limit = Budget(space, None, latency=model, max_latency_ms=limit).project(np.zeros((1, len(space.groups))))
     implied = float(space.flops_ratio(uniform_at_limit)[0])
+    floor = float(space.flops_ratio(np.full((1, len(space.groups)), Budget(space, 0.99).max_rate))[0])
     runs = {"aware": {"max_latency_ms": limit}}
-    for f in (implied - 0.05, implied, implied + 0.05):
+    for f in (max(implied - 0.05, floor + 0.01), implied, min(implied + 0.05, 0.99)):
         runs[f"flops-{f:.3f}"] = {"target_flops": round(f, 3)}
     for unit, budget in runs.items():
         key = f"{unit}/{limit}/{args.trials}"

@@ -25,6 +25,7 @@ from yoloprune.budget import Budget
 from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
 from yoloprune.evaluate import TrialEvaluator, evaluate
 from yoloprune.finetune import finetune
+from yoloprune.importance import DEFAULT_CRITERION
 from yoloprune.pruner import prune
 
 SCHEDULE = {"epochs": 1, "fraction": 0.1, "batch": 16, "workers": 0}
@@ -52,7 +53,7 @@ def main() -> None:
         recal = ev.score(pruned).map50_95
         tmp = Path(tempfile.mkdtemp())
         try:
-            result = api.PruneResult(pruned, rate_dict, 0.0, 0.0, 0, 0)
+            result = api.PruneResult(pruned, rate_dict, 0.0, 0.0, 0, 0, DEFAULT_CRITERION)
             path = api.save_pruned(result, loaded, tmp / "candidate.pt")
             best = finetune(path, data.yaml_path, SCHEDULE["epochs"], fraction=SCHEDULE["fraction"],
                             batch=SCHEDULE["batch"], workers=SCHEDULE["workers"], project=str(tmp), name="ft",

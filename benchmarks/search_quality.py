@@ -74,7 +74,11 @@ def run_unit(data, budget: float, strategy: str, seed: int, trials: int, run: Pa
 def print_table(rows: dict[str, dict]) -> None:
     """strategy (and trial budget) x FLOPs budget: mean ± std of the final-check mAP over seeds; BO overhead."""
     cells: dict[tuple[str, float], list[dict]] = {}
+    deterministic = {}
     for r in rows.values():
+        if r["strategy"] in ("uniform", "global"):  # one evaluation whatever the trial budget: count it once
+            if deterministic.setdefault((r["strategy"], r["budget"]), r) is not r:
+                continue
         label = r["strategy"] if r["strategy"] in ("uniform", "global") else f"{r['strategy']} x{r['trials']}"
         cells.setdefault((label, r["budget"]), []).append(r)
     budgets = sorted({b for _, b in cells})

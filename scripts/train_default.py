@@ -30,8 +30,9 @@ from yoloprune.defaults import DEFAULT_IMGSZ, DEFAULT_MODEL_YAML, DEFAULT_WEIGHT
 class SlimmingTrainer(DetectionTrainer):
     """Ultralytics' detection trainer plus an L1 penalty on BatchNorm scales (network slimming).
 
-    The penalty's subgradient is added before each optimizer step, so channels the task does not
-    need drift towards zero scale: the model becomes redundant the way long-trained large models
+    The penalty's subgradient is added once per optimizer step (after Ultralytics' gradient
+    accumulation, on its batch-size-scaled loss, amp off), so its strength is tied to this recipe's
+    batch 16 / nbs 64. Channels the task does not need drift towards zero scale: the model becomes redundant the way long-trained large models
     are, which is the regime where scoring pruned candidates without retraining works.
     """
 

@@ -44,6 +44,7 @@ def test_fit_recovers_a_linear_latency_and_reports_held_out_error(linear_model, 
     assert linear_model.held_out["models"] == 10
     assert linear_model.held_out["median_rel_error"] < 1e-6
     assert linear_model.margin == pytest.approx(0.02), "the margin never drops below MIN_MARGIN"
+    assert linear_model.held_out["p90_rel_error"] < 1e-6
     deeper = linear_model.predict(space, np.full((1, len(space.groups)), 0.5))
     assert deeper[0] < linear_model.predict(space, np.zeros((1, len(space.groups))))[0]
 
@@ -74,7 +75,7 @@ def test_search_final_model_measures_within_the_latency_limit(tmp_path, tiny_dat
     full_ms = float(measure(loaded, space, np.zeros((1, len(space.groups))), threads=1)[0])
     limit = round(0.8 * full_ms, 3)
     cmd = [sys.executable, "-m", "yoloprune", "search", "--weights", str(weights), "--data", str(tiny_data.yaml_path),
-           "--max-latency-ms", str(limit), "--latency-models", "6", "--trials", "3", "--val-images", "6",
+           "--max-latency-ms", str(limit), "--latency-models", "21", "--trials", "3", "--val-images", "6",
            "--calib-images", "8", "--project", str(tmp_path / "runs"), "--json"]
     env = {**os.environ, "YOLOPRUNE_CACHE": str(tmp_path / "cache")}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -89,3 +90,6 @@ def test_search_final_model_measures_within_the_latency_limit(tmp_path, tiny_dat
     bad = subprocess.run(cmd[:-1] + ["--latency-threads", "0", "--name", "bad"], capture_output=True, text=True,
                          timeout=600, env=env)
     assert bad.returncode == 2 and "--latency-threads" in bad.stderr
+    few = subprocess.run(cmd[:-1] + ["--latency-models", "5", "--name", "few"], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert few.returncode == 2 and "too few" in few.stderr and not (tmp_path / "runs" / "few").exists()

@@ -98,18 +98,37 @@ class OnnxDetector:
         except Exception as e:  # noqa: BLE001  ORT raises its own exception types
             raise UserError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:120]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        if "names" not in meta or "imgsz" not in meta:
-            raise UserError(f"{path} has no class names / image size metadata: export it with Ultralytics")
-        self.names = {int(k): v for k, v in ast.literal_eval(meta["names"]).items()}
-        self.imgsz = int(ast.literal_eval(meta["imgsz"])[0])
-        self.end2end = meta.get("end2end", "False") == "True"
+        try:
+            self.names = {int(k): str(v) for k, v in ast.literal_eval(meta["names"]).items()}
+            size = ast.literal_eval(meta["imgsz"])
+            args = ast.literal_eval(meta.get("args", "{}"))
+        except (KeyError, ValueError, SyntaxError, AttributeError):
+            raise UserError(f"{path} lacks Ultralytics' export metadata (names, imgsz): export it with Ultralytics"
+                            ) from None
         self.input = self.session.get_inputs()[0]
+        if meta.get("task", "detect") != "detect":
+            raise UserError(f"{path} is a {meta['task']} model; yoloprune evaluates detectors")
+        if len(set(size)) != 1:
+            raise UserError(f"{path} was exported at {size[0]}x{size[1]}; evaluation needs a square export")
+        if args.get("nms"):
+            raise UserError(f"{path} was exported with nms=True (its own confidence threshold); export without it")
+        if self.input.type != "tensor(float)":
+            raise UserError(f"{path} takes {self.input.type} input; export it in fp32 (half=False)")
+        self.imgsz = int(size[0])
+        self.end2end = meta.get("end2end", "False") == "True"
         self.batch = self.input.shape[0] if isinstance(self.input.shape[0], int) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        step = self.batch or len(x)
+        """Raw predictions for a float batch; a fixed-batch export gets padded chunks."""
         x = x.float().contiguous().numpy()
-        outs = [self.session.run(None, {self.input.name: x[k:k + step]})[0] for k in range(0, len(x), step)]
+        step = self.batch or len(x)
+        outs = []
+        for k in range(0, len(x), step):
+            chunk = x[k:k + step]
+            pad = step - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self.session.run(None, {self.input.name: chunk})[0][:step - pad])
         return torch.from_numpy(np.concatenate(outs))
 
 

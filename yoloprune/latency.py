@@ -6,7 +6,8 @@ under ~/.cache/yoloprune/latency/ ($YOLOPRUNE_CACHE moves it). A fit over whole 
 kernels block channels; a per-layer table would not. The estimate is linear, with non-negative
 weights, in a constant plus, per output resolution, the conv FLOPs and the activation volume
 written: early high-resolution layers cost more per FLOP than late ones. A share of the models
-is held out to measure the estimate's error; its median becomes the margin the budget keeps.
+is held out to measure the estimate's error; its 90th percentile becomes the margin the budget
+keeps.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from typing import Callable
 
 import numpy as np
 
+from yoloprune.errors import UserError
 from yoloprune.space import PruneSpace
 
 MIN_MARGIN = 0.02
+FORMAT = 1  # cache entries of another format are refitted
 
 
 @dataclass
 class LatencyModel:
-    """ms = coef . features(rates); margin = held-out median relative error (at least MIN_MARGIN)."""
+    """ms = coef . features(rates); margin = held-out 90th-percentile relative error (at least MIN_MARGIN)."""
 
     key: dict
     levels: list[float]
@@ -42,6 +45,10 @@ class LatencyModel:
     @property
     def threads(self) -> int:
         return int(self.key["threads"])
+
+    @classmethod
+    def load(cls, path: Path) -> LatencyModel:
+        return cls(**json.loads(Path(path).read_text()))
 
     def predict(self, space: PruneSpace, rates: np.ndarray) -> np.ndarray:
         """Estimated ms for each row of realised rates (B, G)."""
@@ -63,8 +70,12 @@ def features(space: PruneSpace, rates: np.ndarray, levels: list[float]) -> np.nd
 def cache_key(weights_sha256: str, space: PruneSpace, threads: int) -> dict:
     import onnxruntime
 
-    return {"weights_sha256": weights_sha256, "imgsz": space.imgsz, "round_to": space.round_to, "threads": threads,
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+    import torch
+    import ultralytics
+
+    return {"format": FORMAT, "weights_sha256": weights_sha256, "imgsz": space.imgsz, "round_to": space.round_to, "threads": threads,
+            "cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+            "ultralytics": ultralytics.__version__, "torch": torch.__version__}
 
 
 def _cpu_name() -> str:
@@ -84,8 +95,10 @@ def sample_rates(space: PruneSpace, n: int, seed: int = 0) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     floor = float(space.flops_ratio(np.full((1, len(space.groups)), MAX_RATE))[0])
+    if floor > 0.95:
+        raise UserError(f"this model can lose at most {1 - floor:.1%} of its FLOPs: too little to fit a latency model")
     rows = [np.zeros(len(space.groups))]
-    for target in rng.uniform(min(floor + 0.02, 0.95), 0.98, n - 1):
+    for target in rng.uniform(floor + 0.02, 0.98, n - 1):
         rows.append(Budget(space, float(target)).project(rng.random((1, len(space.groups))) * MAX_RATE)[0])
     return np.array(rows)
 
@@ -137,8 +150,9 @@ def fit(space: PruneSpace, rates: np.ndarray, ms: np.ndarray, key: dict, held_ou
     coef = coef / scale
     err = np.abs(x[n_fit:] @ coef - ms[n_fit:]) / ms[n_fit:] if held_out else np.zeros(1)
     stats = {"models": int(held_out), "median_rel_error": float(np.median(err)), "max_rel_error": float(err.max()),
+             "p90_rel_error": float(np.percentile(err, 90)),
              "fit_models": int(n_fit), "measured_ms": ms[n_fit:].tolist(), "estimated_ms": (x[n_fit:] @ coef).tolist()}
-    return LatencyModel(key, levels, coef.tolist(), max(MIN_MARGIN, stats["median_rel_error"]), stats)
+    return LatencyModel(key, levels, coef.tolist(), max(MIN_MARGIN, stats["p90_rel_error"]), stats)
 
 
 def cache_dir() -> Path:
@@ -151,12 +165,25 @@ def latency_model(loaded, space: PruneSpace, threads: int, weights_sha256: str, 
     (`models` measured, a third of them, at most 20, held out to measure the error)."""
     key = {**cache_key(weights_sha256, space, threads), "models": models}
     path = cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
-    if path.exists():
-        return LatencyModel(**json.loads(path.read_text()))
+    try:
+        cached = LatencyModel.load(path)
+        if cached.key == key:
+            return cached
+    except (OSError, ValueError, TypeError):  # missing, torn or of another format: fit again
+        pass
+    held_out = max(1, min(20, models // 3))
+    needed = held_out + 2 + 2 * len({float(a) for a in space.conv_area})
+    if models < needed:
+        raise UserError(f"--latency-models {models} is too few for this model: at least {needed} (one more than "
+                        f"its latency features, plus the held-out third)")
     rates = sample_rates(space, models)
-    model = fit(space, rates, measure(loaded, space, rates, threads, log=log), key, max(1, min(20, models // 3)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(model), indent=2))
-    os.replace(tmp, path)
+    model = fit(space, rates, measure(loaded, space, rates, threads, log=log), key, held_out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(model), indent=2))
+        os.replace(tmp, path)
+    except OSError as e:
+        if log:
+            log(f"latency model not cached ({e}); the next search fits it again")
     return model

@@ -24,7 +24,7 @@ from yoloprune.budget import Budget
 from yoloprune.errors import UserError
 from yoloprune.evaluate import TrialEvaluator
 from yoloprune.importance import CRITERIA, DEFAULT_CRITERION, unit_scores
-from yoloprune.latency import latency_model, measure
+from yoloprune.latency import LatencyModel, cache_dir, latency_model, measure
 from yoloprune.pruner import prune, removed_units
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
                                   make_strategy)
@@ -55,8 +55,9 @@ class SearchConfig:
     resume: bool = False
 
 
-IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "latency_threads", "latency_models", "imgsz",
-            "criterion", "round_to", "val_images", "calib_images", "recalibrate", "strategy", "seed", "trials")
+IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "imgsz", "criterion", "round_to", "val_images",
+            "calib_images", "recalibrate", "strategy", "seed", "trials")
+LATENCY_IDENTITY = ("latency_threads", "latency_models")
 
 
 def check_config(cfg: SearchConfig) -> None:
@@ -109,22 +110,27 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     loaded = api.load(cfg.weights, cfg.imgsz)
     space = api.analyse(loaded, cfg.round_to)
     sha = api.checkpoint.file_sha256(cfg.weights) if Path(cfg.weights).is_file() else None
-    latency = None
-    if cfg.max_latency_ms is not None:
-        if cfg.target_flops is not None:
-            Budget(space, cfg.target_flops)  # an impossible FLOPs budget fails before minutes of latency fitting
-        latency = latency_model(loaded, space, cfg.latency_threads, sha, cfg.latency_models, log=log)
-    budget = Budget(space, cfg.target_flops, latency=latency, max_latency_ms=cfg.max_latency_ms)
     total = 1 if cfg.strategy in DETERMINISTIC else cfg.trials
     run_dir = run_dir_for(cfg)
     meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names}
     if cfg.resume:
         old = json.loads((run_dir / "meta.json").read_text())
-        diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
+        keys = IDENTITY + (LATENCY_IDENTITY if cfg.max_latency_ms is not None else ())
+        diff = [k for k in keys if old.get(k) != meta.get(k)]
         if diff:
             raise UserError(f"cannot resume {run_dir}: its {', '.join(diff)} differ from this command's")
+    if cfg.target_flops is not None:
+        Budget(space, cfg.target_flops)  # an impossible FLOPs budget fails before minutes of latency fitting
+    latency = None
+    if cfg.max_latency_ms is not None:
+        own = run_dir / "latency_model.json"  # a resumed run keeps projecting with the model it started with
+        latency = (LatencyModel.load(own) if cfg.resume and own.exists() else
+                   latency_model(loaded, space, cfg.latency_threads, sha, cfg.latency_models, log=log))
+    budget = Budget(space, cfg.target_flops, latency=latency, max_latency_ms=cfg.max_latency_ms)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "meta.json", meta)
+    if latency:
+        _write_json(run_dir / "latency_model.json", asdict(latency))
 
     evaluator = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
                                recalibrate=cfg.recalibrate)
@@ -153,8 +159,6 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         if on_trial:
             on_trial(trial, max(trials, key=lambda x: x["map50_95"]), total)
     search_seconds = time.perf_counter() - start
-    if latency:
-        _write_json(run_dir / "latency_model.json", asdict(latency))
     return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, latency, log)
 
 
@@ -208,10 +212,10 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
     return summary
 
 
-def _fastest_enough(cfg, loaded, space, trials: list[dict], log, tries: int = 10) -> tuple[dict, float]:
+def _fastest_enough(cfg, loaded, space, trials: list[dict], log) -> tuple[dict, float]:
     """The best trial whose exported model MEASURES within --max-latency-ms (the estimate kept a margin; this
     makes sure): trials are measured in order of mAP until one fits."""
-    ranked = sorted(trials, key=lambda x: -x["map50_95"])[:tries]
+    ranked = sorted(trials, key=lambda x: -x["map50_95"])
     for trial in ranked:
         rates = space.rates_vector(trial["rates"])[None]
         ms = float(measure(loaded, space, rates, cfg.latency_threads, runs=50)[0])
@@ -219,8 +223,9 @@ def _fastest_enough(cfg, loaded, space, trials: list[dict], log, tries: int = 10
             log(f"trial {trial['trial']}: measured {ms:.2f} ms (estimated {trial['latency_ms_est']:.2f} ms)")
         if ms <= cfg.max_latency_ms:
             return trial, ms
-    raise UserError(f"none of the {len(ranked)} best trials measured within --max-latency-ms {cfg.max_latency_ms} "
-                    f"on this machine (the latency model is off here); nothing was saved, the trials are kept")
+    raise UserError(f"none of the {len(ranked)} trials measured within --max-latency-ms {cfg.max_latency_ms} on this "
+                    f"machine: the latency model is off here (delete {cache_dir()} to refit, or ask for a larger "
+                    f"budget); nothing was saved, the trials are kept")
 
 
 def plot_run(trials: list[dict], best: dict, names: list[str], run_dir: Path) -> None:
