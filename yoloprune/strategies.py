@@ -26,6 +26,9 @@ from yoloprune.budget import Budget
 from yoloprune.space import PruneSpace
 
 STRATEGIES = ("hdbo", "bocr", "saas", "random", "uniform", "global")
+# L-BFGS iterations per GP fit: uncapped, a fit at 95 trials x 50 groups ran 2400 evaluations (5 s); capped
+# at 100 it takes 0.27 s and moves the marginal log likelihood by 0.2 and posterior means by < 0.002.
+GP_FIT_MAXITER = 100
 DETERMINISTIC = ("uniform", "global")
 N_CANDIDATES = 1024
 
@@ -97,7 +100,8 @@ def _fit_gp(x: torch.Tensor, y: torch.Tensor, kind: str, state: dict | None = No
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith("outcome_transform.")},
                               strict=False)
     else:
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
+                         optimizer_kwargs={"options": {"maxiter": GP_FIT_MAXITER}})
     return model
 
 
