@@ -147,3 +147,16 @@ def test_trial_store_drops_a_torn_last_line(tmp_path):
     with open(store.path, "a") as f:
         f.write('{"trial": 2, "rat')
     assert store.load() == [{"trial": 0}, {"trial": 1}]
+
+
+@pytest.mark.slow
+def test_search_finetunes_the_best_candidate_when_asked(tmp_path, tiny_weights, tiny_data):
+    from yoloprune import api
+
+    out = subprocess.run(search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--strategy", "uniform",
+                                    "--finetune-epochs", "1", "--json"), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    tuned, pruned = api.load(summary["finetuned"]).model, api.load(summary["pruned"]).model
+    assert [p.shape for p in tuned.parameters()] == [p.shape for p in pruned.parameters()]
+    assert 0.0 <= summary["finetuned_final_check_map50_95"] <= 1.0 and summary["finetune_epochs"] == 1

@@ -89,7 +89,8 @@ def cmd_search(args) -> None:
                        latency_models=args.latency_models, trials=args.trials,
                        strategy=args.strategy, val_images=args.val_images, calib_images=args.calib_images,
                        imgsz=args.imgsz, seed=args.seed, criterion=args.criterion, round_to=args.round_to,
-                       recalibrate=not args.no_recalibrate, project=args.project, name=args.name, resume=args.resume)
+                       recalibrate=not args.no_recalibrate, project=args.project, name=args.name, resume=args.resume,
+                       finetune_epochs=args.finetune_epochs)
     bar = None
 
     def on_trial(trial: dict, best: dict, total: int) -> None:
@@ -111,6 +112,8 @@ def cmd_search(args) -> None:
         f"best trial  {b['trial']}: FLOPs kept {b['flops_ratio']:.1%}, mAP50-95 {b['map50_95']:.4f} on the search "
         f"slice, {b['final_check_map50_95']:.4f} on {b['final_check_images']} final-check images",
         f"pruned      {summary['pruned']}",
+        *([f"fine-tuned  {summary['finetuned']}: {summary['finetuned_final_check_map50_95']:.4f} on the final-check "
+           f"images after {summary['finetune_epochs']} epoch(s)"] if "finetuned" in summary else []),
         *([f"latency     {summary['measured_latency_ms']:.2f} ms measured (ORT, {summary['latency_threads']} thread(s), "
            f"budget {summary['max_latency_ms']} ms)"] if summary["measured_latency_ms"] is not None else []),
         f"BO overhead {summary['bo_overhead_share']:.1%} of trial time; "
@@ -239,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="runs/search", help="parent folder of run folders (default runs/search)")
     p.add_argument("--name", default=None, help="run folder name (default: next expN)")
     p.add_argument("--resume", action="store_true", help="continue the named run (default: the latest)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="fine-tune the best candidate this many epochs at the end (Ultralytics trainer; default 0)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("bench", help="ONNX export and ONNX Runtime CPU latency, FLOPs, params side by side")

@@ -306,10 +306,10 @@ class TrialEvaluator:
         r.seconds = time.perf_counter() - t0
         return r
 
-    def final_check(self, model: nn.Module) -> EvalResult:
-        """mAP on the final-check slice, disjoint from the search slice (recalibrated if enabled)."""
+    def final_check(self, model: nn.Module, recalibrate: bool = True) -> EvalResult:
+        """mAP on the final-check slice, disjoint from the search slice (recalibrated first if enabled and asked)."""
         if self._final_images is None:
             self._final_images = letterbox(self.final.images, self.imgsz)
-        if self.recalibrate:
+        if self.recalibrate and recalibrate:
             recalibrate_bn(model, self.calibration)
         return evaluate(model, self.final, self.imgsz, self.batch, self._final_images)

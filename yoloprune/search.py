@@ -53,6 +53,7 @@ class SearchConfig:
     project: str = "runs/search"
     name: str | None = None
     resume: bool = False
+    finetune_epochs: int = 0
 
 
 IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "imgsz", "criterion", "round_to", "val_images",
@@ -75,6 +76,8 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"--target-flops {cfg.target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
     if cfg.max_latency_ms is not None and cfg.max_latency_ms <= 0:
         raise UserError(f"--max-latency-ms {cfg.max_latency_ms} must be > 0")
+    if cfg.finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
     if cfg.latency_models < 4:
         raise UserError(f"--latency-models must be >= 4 (a fit needs a few measured models), got {cfg.latency_models}")
     cores = os.cpu_count() or 1
@@ -207,9 +210,21 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
         "bo_overhead_share": propose / wall if wall else 0.0,
         "mean_trial_eval_seconds": float(np.mean([t["eval_seconds"] for t in trials])),
     }
+    if cfg.finetune_epochs:
+        summary.update(_finetune_best(cfg, out, evaluator, run_dir))
     _write_json(run_dir / "summary.json", summary)
     plot_run(trials, best, space.names, run_dir)
     return summary
+
+
+def _finetune_best(cfg, pruned: Path, evaluator, run_dir: Path) -> dict:
+    """Fine-tune the saved best candidate with Ultralytics' trainer; its final check keeps the trained BN."""
+    from yoloprune.finetune import finetune
+
+    tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, project=str(run_dir), name="finetune", workers=2)
+    after = evaluator.final_check(api.load(tuned).model, recalibrate=False)
+    return {"finetuned": str(tuned), "finetune_epochs": cfg.finetune_epochs,
+            "finetuned_final_check_map50_95": after.map50_95, "finetuned_final_check_map50": after.map50}
 
 
 def _fastest_enough(cfg, loaded, space, trials: list[dict], log) -> tuple[dict, float]:
