@@ -50,5 +50,9 @@ def finetune(weights: str | Path, data: str | Path, epochs: int = 10, **override
             "imgsz": overrides.pop("imgsz", None) or train_args.get("imgsz", 640), "exist_ok": False}
     args.update({k: v for k, v in overrides.items() if v is not None})
     trainer = PrunedDetectionTrainer(overrides=args)
-    trainer.train()
+    threads = torch.get_num_threads()
+    try:
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)  # Ultralytics' select_device leaves torch at cores - 1 threads
     return Path(trainer.best if Path(trainer.best).exists() else trainer.last)
