@@ -50,12 +50,15 @@ def export_onnx(weights: str, imgsz: int, out_dir: Path) -> tuple[Path, torch.nn
     stem = Path(weights).stem
     work = out_dir / f"{len(list(out_dir.iterdir()))}-{stem}.pt"
     save_checkpoint(loaded.model, work, loaded.train_args or {"imgsz": imgsz}, {})  # exporter writes beside it
+    threads = torch.get_num_threads()
     try:
         f = YOLO(str(work)).export(format="onnx", imgsz=imgsz, opset=ONNX_OPSET, simplify=False, dynamic=False,
                                    verbose=False)
     except Exception as e:  # noqa: BLE001  the exporter and torch.onnx raise many types; the user needs one line
         raise UserError(f"{weights}: ONNX export failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})"
                         ) from None
+    finally:
+        torch.set_num_threads(threads)  # Ultralytics' select_device leaves torch at cores - 1 threads
     return Path(f), loaded.model
 
 
