@@ -60,7 +60,7 @@ def main() -> None:
         ms = s["measured_latency_ms"]
         if ms is None:
             ms = float(measure(loaded, space, space.rates_vector(s["best"]["rates"])[None], THREADS, runs=50)[0])
-        log.append(key, {"unit": unit, "limit_ms": limit, **budget, "measured_ms": ms, "meets_limit": ms <= limit,
+        log.append(key, {"search": unit, "limit_ms": limit, **budget, "measured_ms": ms, "meets_limit": ms <= limit,
                          "flops_ratio": s["best"]["flops_ratio"], "final_check_map50_95": s["best"]["final_check_map50_95"],
                          "trials": s["trials"]})
     print_table(log.done(), limit)
@@ -74,15 +74,16 @@ def print_table(rows: dict[str, dict], limit: float) -> None:
     print(f"budget {limit} ms")
     for key, r in rows.items():
         if key != "reference" and r["limit_ms"] == limit:
-            print(f"{r['unit']:<14} FLOPs kept {r['flops_ratio']:.3f}  measured {r['measured_ms']:.2f} ms "
+            print(f"{r['search']:<14} {r['trials']:>3} trials  FLOPs kept {r['flops_ratio']:.3f}  measured {r['measured_ms']:.2f} ms "
                   f"({'meets' if r['meets_limit'] else 'OVER'})  final-check mAP50-95 {r['final_check_map50_95']:.4f}")
-    flops_only = [r for k, r in rows.items() if r.get("unit", "").startswith("flops") and r["meets_limit"]
-                  and r["limit_ms"] == limit]
-    aware = [r for r in rows.values() if r.get("unit") == "aware" and r["limit_ms"] == limit]
-    if aware and flops_only:
-        best = max(flops_only, key=lambda r: r["final_check_map50_95"])
-        print(f"latency-aware {aware[0]['final_check_map50_95']:.4f} vs best FLOPs-only within the budget "
-              f"{best['final_check_map50_95']:.4f} ({best['unit']})")
+    for trials in sorted({r["trials"] for k, r in rows.items() if k != "reference"}):
+        same = [r for k, r in rows.items() if k != "reference" and r["limit_ms"] == limit and r["trials"] == trials]
+        flops_only = [r for r in same if r["search"].startswith("flops") and r["meets_limit"]]
+        aware = [r for r in same if r["search"] == "aware"]
+        if aware and flops_only:
+            best = max(flops_only, key=lambda r: r["final_check_map50_95"])
+            print(f"{trials} trials: latency-aware {aware[0]['final_check_map50_95']:.4f} vs best FLOPs-only within "
+                  f"the budget {best['final_check_map50_95']:.4f} ({best['search']})")
 
 
 if __name__ == "__main__":
