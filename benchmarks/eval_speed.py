@@ -13,12 +13,12 @@ from pathlib import Path
 
 import common  # noqa: F401
 import numpy as np
-import torch
 import yaml
 
 from yoloprune import api
 from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
 from yoloprune.evaluate import TrialEvaluator, evaluate
+from yoloprune.threads import torch_threads
 
 
 def main() -> None:
@@ -41,7 +41,6 @@ def main() -> None:
         times = {"yoloprune_trial_with_recalibration": [], "yoloprune_trial_no_recalibration": [],
                  "ultralytics_val": []}
         maps = {}
-        threads = torch.get_num_threads()
         for _ in range(args.repeats):  # alternate so drift hits all three alike
             t = time.perf_counter()
             r = ev.score(copy.deepcopy(loaded.model))
@@ -50,10 +49,10 @@ def main() -> None:
             r0 = evaluate(copy.deepcopy(loaded.model), ev.search, loaded.imgsz, images=ev.search_images)
             times["yoloprune_trial_no_recalibration"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            m = yolo.val(data=str(Path(tmp) / "slice.yaml"), imgsz=loaded.imgsz, batch=32, rect=False, conf=0.001,
-                         iou=0.7, max_det=100, plots=False, device="cpu", verbose=False)
+            with torch_threads():  # let Ultralytics use its own thread setting, then restore ours
+                m = yolo.val(data=str(Path(tmp) / "slice.yaml"), imgsz=loaded.imgsz, batch=32, rect=False,
+                             conf=0.001, iou=0.7, max_det=100, plots=False, device="cpu", verbose=False)
             times["ultralytics_val"].append(time.perf_counter() - t)
-            torch.set_num_threads(threads)  # Ultralytics' select_device leaves torch at cores - 1 threads
             maps = {"yoloprune_recalibrated": r.map50_95, "yoloprune": r0.map50_95, "ultralytics": float(m.box.map)}
     med = {k: float(np.median(v)) for k, v in times.items()}
     ratio = {k: med[k] / med["ultralytics_val"] for k in med}

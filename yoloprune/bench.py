@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from yoloprune.errors import UserError
+from yoloprune.threads import torch_threads
 
 ONNX_OPSET = 17
 
@@ -36,10 +37,7 @@ class BenchModel:
 
 def export_onnx(weights: str, imgsz: int, out_dir: Path) -> tuple[Path, torch.nn.Module | None]:
     """(ONNX file, the PyTorch model or None) for a .pt/.yaml (exported here) or an existing .onnx."""
-    from ultralytics import YOLO
-
     from yoloprune import api
-    from yoloprune.checkpoint import save_checkpoint
 
     if str(weights).endswith(".onnx"):
         if not Path(weights).is_file():
@@ -47,19 +45,25 @@ def export_onnx(weights: str, imgsz: int, out_dir: Path) -> tuple[Path, torch.nn
         return Path(weights), None
     loaded = api.load(weights, imgsz)
     loaded.model.half().float()  # the exported checkpoint stores fp16 weights: compare like with like
-    stem = Path(weights).stem
-    work = out_dir / f"{len(list(out_dir.iterdir()))}-{stem}.pt"
-    save_checkpoint(loaded.model, work, loaded.train_args or {"imgsz": imgsz}, {})  # exporter writes beside it
-    threads = torch.get_num_threads()
+    return export_model(loaded.model, loaded.train_args, imgsz, out_dir, Path(weights).stem), loaded.model
+
+
+def export_model(model: torch.nn.Module, train_args: dict, imgsz: int, out_dir: Path, label: str) -> Path:
+    """Save `model` as a stock checkpoint in `out_dir` and export it there with Ultralytics' ONNX exporter."""
+    from ultralytics import YOLO
+
+    from yoloprune.checkpoint import save_checkpoint
+
+    work = out_dir / f"{len(list(out_dir.iterdir()))}-{label}.pt"
+    save_checkpoint(model, work, train_args or {"imgsz": imgsz}, {})  # the exporter writes beside it
     try:
-        f = YOLO(str(work)).export(format="onnx", imgsz=imgsz, opset=ONNX_OPSET, simplify=False, dynamic=False,
-                                   verbose=False)
+        with torch_threads():
+            f = YOLO(str(work)).export(format="onnx", imgsz=imgsz, opset=ONNX_OPSET, simplify=False, dynamic=False,
+                                       verbose=False)
     except Exception as e:  # noqa: BLE001  the exporter and torch.onnx raise many types; the user needs one line
-        raise UserError(f"{weights}: ONNX export failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})"
+        raise UserError(f"{label}: ONNX export failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})"
                         ) from None
-    finally:
-        torch.set_num_threads(threads)  # Ultralytics' select_device leaves torch at cores - 1 threads
-    return Path(f), loaded.model
+    return Path(f)
 
 
 def session(path: Path, threads: int):

@@ -14,6 +14,7 @@ import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 from yoloprune.errors import UserError
+from yoloprune.threads import torch_threads
 
 # Short recovery schedules: little warmup and a lower SGD rate than training from scratch.
 FINETUNE_DEFAULTS = {"optimizer": "SGD", "lr0": 0.002, "lrf": 0.1, "warmup_epochs": 0.5, "close_mosaic": 0,
@@ -50,9 +51,6 @@ def finetune(weights: str | Path, data: str | Path, epochs: int = 10, **override
             "imgsz": overrides.pop("imgsz", None) or train_args.get("imgsz", 640), "exist_ok": False}
     args.update({k: v for k, v in overrides.items() if v is not None})
     trainer = PrunedDetectionTrainer(overrides=args)
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads():
         trainer.train()
-    finally:
-        torch.set_num_threads(threads)  # Ultralytics' select_device leaves torch at cores - 1 threads
     return Path(trainer.best if Path(trainer.best).exists() else trainer.last)

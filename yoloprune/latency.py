@@ -2,8 +2,8 @@
 
 Fitted once per model, machine, ORT thread count, image size and round-to, on whole pruned
 models of the user's model, each exported by Ultralytics and timed in ONNX Runtime, and cached
-under ~/.cache/yoloprune/latency/ ($YOLOPRUNE_CACHE moves it). A fit over whole models sees what ORT fuses and how its
-kernels block channels; a per-layer table would not. The estimate is linear, with non-negative
+under ~/.cache/yoloprune/latency/ ($YOLOPRUNE_CACHE moves it). A fit over whole models sees
+what ORT fuses and how its kernels block channels; a per-layer table would not. The estimate is linear, with non-negative
 weights, in a constant plus, per output resolution, the conv FLOPs and the activation volume
 written: early high-resolution layers cost more per FLOP than late ones. A share of the models
 is held out to measure the estimate's error; its 90th percentile becomes the margin the budget
@@ -69,12 +69,11 @@ def features(space: PruneSpace, rates: np.ndarray, levels: list[float]) -> np.nd
 
 def cache_key(weights_sha256: str, space: PruneSpace, threads: int) -> dict:
     import onnxruntime
-
     import torch
     import ultralytics
 
-    return {"format": FORMAT, "weights_sha256": weights_sha256, "imgsz": space.imgsz, "round_to": space.round_to, "threads": threads,
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+    return {"format": FORMAT, "weights_sha256": weights_sha256, "imgsz": space.imgsz, "round_to": space.round_to,
+            "threads": threads, "cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
             "ultralytics": ultralytics.__version__, "torch": torch.__version__}
 
 
@@ -107,8 +106,7 @@ def measure(loaded, space: PruneSpace, rates: np.ndarray, threads: int, runs: in
             log: Callable[[str], None] | None = None) -> np.ndarray:
     """Median ONNX Runtime ms (batch 1) of the model pruned by each row of `rates`, as Ultralytics exports it."""
     from yoloprune import api
-    from yoloprune.bench import export_onnx, session
-    from yoloprune.checkpoint import save_checkpoint
+    from yoloprune.bench import export_model, session
 
     tmp = Path(tempfile.mkdtemp(prefix="yoloprune-latency-"))
     x = np.random.default_rng(0).random((1, 3, space.imgsz, space.imgsz), dtype=np.float32)
@@ -116,9 +114,7 @@ def measure(loaded, space: PruneSpace, rates: np.ndarray, threads: int, runs: in
     try:
         for i, row in enumerate(rates):
             result = api.prune(loaded, dict(zip(space.names, map(float, row))), space=space)
-            ckpt = tmp / f"m{i}.pt"
-            save_checkpoint(result.model, ckpt, loaded.train_args or {"imgsz": space.imgsz}, {})
-            onnx_path, _ = export_onnx(str(ckpt), space.imgsz, tmp)
+            onnx_path = export_model(result.model, loaded.train_args, space.imgsz, tmp, f"m{i}")
             sess = session(onnx_path, threads)
             name = sess.get_inputs()[0].name
             for _ in range(warmup):

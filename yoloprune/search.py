@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 import yaml
 
 from yoloprune import api
@@ -28,6 +27,7 @@ from yoloprune.latency import LatencyModel, cache_dir, latency_model, measure
 from yoloprune.pruner import prune, removed_units
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
                                   make_strategy)
+from yoloprune.threads import torch_threads
 from yoloprune.trialstore import TrialStore
 
 
@@ -78,8 +78,6 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"--max-latency-ms {cfg.max_latency_ms} must be > 0")
     if cfg.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
-    if cfg.latency_models < 4:
-        raise UserError(f"--latency-models must be >= 4 (a fit needs a few measured models), got {cfg.latency_models}")
     cores = os.cpu_count() or 1
     if not 1 <= cfg.latency_threads <= cores:
         raise UserError(f"--latency-threads {cfg.latency_threads} must lie in 1..{cores} (visible cores)")
@@ -177,12 +175,8 @@ def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict
         return ctx.budget.project(rng.random((1, len(ctx.space.groups))) * ctx.budget.max_rate)[0], "random"
     rates = np.array([[tr["rates"][n] for n in ctx.space.names] for tr in trials])
     scores = np.array([tr["map50_95"] for tr in trials])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # BO in one thread: oversubscription, not the GP, is what makes it slow
-    try:
+    with torch_threads(1):  # BO in one thread: oversubscription, not the GP, is what makes it slow
         return strategy.propose(rates, scores, t)[0], name
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float, latency=None,
