@@ -65,13 +65,15 @@ def test_recalibration_resets_and_reestimates_bn(tiny_data):
 
     model = DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval()
     batches = calibration_batches(tiny_data.yaml_path, "calib", 8, 96, batch=4)
-    assert len(batches) == 2 and batches[0].dtype == torch.uint8 and batches[0].shape[1:] == (3, 96, 96)
+    imgs = [b["img"] for b in batches]
+    assert len(batches) == 2 and imgs[0].dtype == torch.uint8 and imgs[0].shape[1:] == (3, 96, 96)
+    assert {"cls", "bboxes", "batch_idx"} <= set(batches[0]), "labels kept for the short recovery"
     again = calibration_batches(tiny_data.yaml_path, "calib", 8, 96, batch=4)
-    assert all(torch.equal(a, b) for a, b in zip(batches, again)), "calibration batches must be seeded"
+    assert all(torch.equal(a, b["img"]) for a, b in zip(imgs, again)), "calibration batches must be seeded"
     bn = model.model[0].bn
     bn.running_mean.fill_(5.0)
     recalibrate_bn(model, batches)
-    x = torch.cat(batches).float() / 255
+    x = torch.cat(imgs).float() / 255
     with torch.no_grad():
         expected = model.model[0].conv(x).mean((0, 2, 3))
     torch.testing.assert_close(bn.running_mean, expected, rtol=1e-3, atol=1e-4)

@@ -81,6 +81,18 @@ def cmd_eval(args) -> None:
                           f"mAP50-95 {r.map50_95:.4f}  mAP50 {r.map50:.4f}  ({r.seconds:.1f} s, pycocotools)"])
 
 
+def _stages(value: str | None) -> int | str | None:
+    """--stages: a whole number, 'auto', or absent (one-shot search)."""
+    from yoloprune.errors import UserError
+
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--stages must be a whole number >= 1 or 'auto', got {value}") from None
+
+
 def cmd_search(args) -> None:
     from yoloprune.search import SearchConfig, run_search
 
@@ -90,7 +102,8 @@ def cmd_search(args) -> None:
                        strategy=args.strategy, val_images=args.val_images, calib_images=args.calib_images,
                        imgsz=args.imgsz, seed=args.seed, criterion=args.criterion, round_to=args.round_to,
                        recalibrate=not args.no_recalibrate, project=args.project, name=args.name, resume=args.resume,
-                       finetune_epochs=args.finetune_epochs)
+                       finetune_epochs=args.finetune_epochs, finetune_fraction=args.finetune_fraction,
+                       score=args.score, stages=_stages(args.stages), recover_epochs=args.recover_epochs)
     bar = None
 
     def on_trial(trial: dict, best: dict, total: int) -> None:
@@ -101,11 +114,28 @@ def cmd_search(args) -> None:
             bar = tqdm(total=total, initial=trial["trial"], desc="search", unit="trial", file=sys.stderr,
                        disable=args.json and not sys.stderr.isatty())
         bar.update(1)
-        bar.set_postfix(best=f"{best['map50_95']:.4f}", last=f"{trial['map50_95']:.4f}")
+        bar.set_postfix(best=f"{best['score']:.4f}", last=f"{trial['score']:.4f}")
+        if bar.n >= bar.total:
+            bar.close()
+            bar = None
 
-    summary = run_search(cfg, on_trial, log=lambda msg: print(msg, file=sys.stderr))
-    if bar is not None:
-        bar.close()
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if cfg.stages is not None:
+        from yoloprune.staged import run_staged
+
+        summary = run_staged(cfg, on_trial, log)
+        _emit(args, summary, [
+            f"run folder  {summary['run_dir']}  ({summary['stages']} stage(s), {summary['trials']} trials, "
+            f"{summary['strategy']}, score {summary['score']})",
+            *[f"stage {k}     FLOPs kept {s['best']['flops_ratio']:.1%} of its input, search-slice mAP50-95 "
+              f"{s['best']['map50_95']:.4f}, after recovery {s.get('finetuned_final_check_map50_95', float('nan')):.4f} "
+              f"on the final-check images ({s['regime']})" for k, s in enumerate(summary["stage_summaries"], 1)],
+            f"final       FLOPs kept {summary['flops_ratio']:.1%}, mAP50-95 {summary['final_check_map50_95']:.4f} on "
+            f"{summary['final_check_images']} final-check images",
+            f"pruned      {summary['pruned']}",
+        ])
+        return
+    summary = run_search(cfg, on_trial, log=log)
     b = summary["best"]
     _emit(args, summary, [
         f"run folder  {summary['run_dir']}  ({summary['trials']} trials, {summary['strategy']})",
@@ -177,6 +207,7 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from yoloprune.importance import CRITERIA, DEFAULT_CRITERION
+    from yoloprune.scores import SCORES
 
     parser = argparse.ArgumentParser(prog="yoloprune", description="Structured pruning of Ultralytics YOLO detectors "
                                      "with per-group rates found by Bayesian optimisation.")
@@ -244,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the named run (default: the latest)")
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="fine-tune the best candidate this many epochs at the end (Ultralytics trainer; default 0)")
+    p.add_argument("--finetune-fraction", type=float, default=1.0,
+                   help="share of the train split each fine-tune or recovery epoch uses (default 1.0)")
+    p.add_argument("--score", default="map", choices=SCORES,
+                   help="what a candidate is worth: map (mAP after BN recalibration, default), recovered (mAP after "
+                        "a short identical recovery, ~4x the cost; for collapsed small models), agreement (class-map "
+                        "similarity with the unpruned model)")
+    p.add_argument("--stages", default=None,
+                   help="reach --target-flops in K steps, each searched, pruned and recovered (--recover-epochs); "
+                        "'auto' picks K from uniform probes. For small converged models that one-shot pruning "
+                        "collapses; --trials is split over the stages")
+    p.add_argument("--recover-epochs", type=int, default=1,
+                   help="fine-tune epochs after every stage of --stages (default 1)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("bench", help="ONNX export and ONNX Runtime CPU latency, FLOPs, params side by side")

@@ -26,6 +26,7 @@ import torchvision  # noqa: F401  Ultralytics' NMS uses torchvision's kernel onl
 
 from yoloprune.data import DetSplit, dataset_yaml, load_split, split_images, split_paths, subset, take_slice
 from yoloprune.errors import UserError
+from yoloprune.scores import agreement, class_maps, short_recovery
 
 CONF, IOU, MAX_DET = 0.001, 0.7, 100
 
@@ -36,6 +37,7 @@ class EvalResult:
     map50: float
     images: int
     seconds: float
+    score: float | None = None  # the search's objective (scores.py); mAP50-95 unless another score was asked
 
 
 @dataclass
@@ -133,7 +135,7 @@ class OnnxDetector:
 
 
 @contextlib.contextmanager
-def _forward(model: nn.Module | OnnxDetector):
+def inference_forward(model: nn.Module | OnnxDetector):
     """(forward function, input dtype, end-to-end head?) for a PyTorch model (fused copy) or an ONNX one."""
     if isinstance(model, OnnxDetector):
         yield model, torch.float32, model.end2end
@@ -150,7 +152,7 @@ def predict(model: nn.Module | OnnxDetector, pixels: torch.Tensor, batch: int = 
     from ultralytics.utils.nms import non_max_suppression
 
     out: list[torch.Tensor] = []
-    with _forward(model) as (forward, dtype, end2end):
+    with inference_forward(model) as (forward, dtype, end2end):
         for k in range(0, len(pixels), batch):
             x = (pixels[k:k + batch].to(dtype) / 255.0).contiguous(memory_format=torch.channels_last)
             preds = forward(x)
@@ -213,8 +215,9 @@ def evaluate(model: nn.Module | OnnxDetector, det: DetSplit, imgsz: int, batch: 
 
 # -- BatchNorm recalibration -------------------------------------------------------------
 def calibration_batches(data: str | Path, split: str, n: int, imgsz: int, batch: int = 32,
-                        seed: int = 0) -> list[torch.Tensor]:
-    """`n` images of `split` drawn once through Ultralytics' training augmentation (mosaic off)."""
+                        seed: int = 0) -> list[dict]:
+    """`n` images of `split` drawn once through Ultralytics' training augmentation (mosaic off), collated into
+    training batches (uint8 `img`, and the `cls`, `bboxes`, `batch_idx` labels a short recovery trains on)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_yolo_dataset
 
@@ -230,16 +233,18 @@ def calibration_batches(data: str | Path, split: str, n: int, imgsz: int, batch:
     np.random.seed(seed)
     torch.manual_seed(seed)
     try:
-        imgs = [dataset[i]["img"] for i in range(min(n, len(dataset)))]
+        items = [dataset[i] for i in range(min(n, len(dataset)))]
     finally:
         random.setstate(state[0])
         np.random.set_state(state[1])
         torch.random.set_rng_state(state[2])
-    return [torch.stack(imgs[k:k + batch]) for k in range(0, len(imgs), batch)]
+    keys = ("img", "cls", "bboxes", "batch_idx")
+    return [{k: v for k, v in dataset.collate_fn(items[j:j + batch]).items() if k in keys}
+            for j in range(0, len(items), batch)]
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def recalibrate_bn(model: nn.Module, batches: list[dict]) -> None:
     """Reset every BatchNorm's running statistics and re-estimate them (cumulative average)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or not batches:
@@ -254,8 +259,8 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
     dtype = next(model.parameters()).dtype
     try:
         with channels_last(model):
-            for x in batches:
-                model((x.to(dtype) / 255.0).contiguous(memory_format=torch.channels_last))
+            for b in batches:
+                model((b["img"].to(dtype) / 255.0).contiguous(memory_format=torch.channels_last))
     finally:
         for bn, momentum in zip(bns, saved):
             bn.momentum = momentum
@@ -273,8 +278,16 @@ class TrialEvaluator:
     def __init__(self, data: str | Path, model_names: dict[int, str], imgsz: int, val_images: int = 200,
                  calib_images: int = 200, calib_split: str | None = None, recalibrate: bool = True,
                  slice_seed: int | None = None, batch: int = 32, final_images: int | None = 500,
-                 final_split: str | None = None) -> None:
-        self.imgsz, self.batch, self.recalibrate = imgsz, batch, recalibrate
+                 final_split: str | None = None, score: str = "map", reference: nn.Module | None = None) -> None:
+        from yoloprune.scores import SCORES
+
+        if score not in SCORES:
+            raise UserError(f"unknown score '{score}' (choose from {', '.join(SCORES)})")
+        if score == "recovered" and not recalibrate:
+            raise UserError("--score recovered trains on the calibration batches: it needs BN recalibration on")
+        if score == "agreement" and reference is None:
+            raise ValueError("the agreement score needs the unpruned reference model")
+        self.imgsz, self.batch, self.recalibrate, self.score_kind = imgsz, batch, recalibrate, score
         val = load_split(data, "val", model_names)
         idx = take_slice(val, val_images, slice_seed)
         self.search = subset(val, idx)
@@ -296,13 +309,25 @@ class TrialEvaluator:
         if recalibrate:
             c_split = calib_split or ("calib" if info.get("calib") else "train")
             self.calibration = calibration_batches(data, c_split, calib_images, imgsz, batch)
+        self.reference_maps = None
+        if score == "agreement":
+            if getattr(reference.model[-1], "end2end", False):
+                raise UserError("--score agreement compares per-anchor class maps; an end-to-end head has none "
+                                "(use --score map or recovered)")
+            self.reference_maps = class_maps(reference, self.search_images.pixels, batch)
 
     def score(self, model: nn.Module) -> EvalResult:
-        """mAP of `model` on the search slice (recalibrated first, in place, if enabled)."""
+        """Score `model` on the search slice (in place: recalibrated, and briefly trained for `recovered`).
+        `score` is the objective; mAP is always reported too."""
         t0 = time.perf_counter()
+        if self.score_kind == "recovered":
+            short_recovery(model, self.calibration)
         if self.recalibrate:
             recalibrate_bn(model, self.calibration)
         r = evaluate(model, self.search, self.imgsz, self.batch, self.search_images)
+        r.score = r.map50_95
+        if self.score_kind == "agreement":
+            r.score = agreement(class_maps(model, self.search_images.pixels, self.batch), self.reference_maps)
         r.seconds = time.perf_counter() - t0
         return r
 

@@ -21,10 +21,11 @@ import yaml
 from yoloprune import api
 from yoloprune.budget import Budget
 from yoloprune.errors import UserError
-from yoloprune.evaluate import TrialEvaluator
+from yoloprune.evaluate import TrialEvaluator, evaluate
 from yoloprune.importance import CRITERIA, DEFAULT_CRITERION, unit_scores
 from yoloprune.latency import LatencyModel, cache_dir, latency_model, measure
 from yoloprune.pruner import prune, removed_units
+from yoloprune.scores import DEFAULT_SCORE, SCORES
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
                                   make_strategy)
 from yoloprune.threads import torch_threads
@@ -54,11 +55,16 @@ class SearchConfig:
     name: str | None = None
     resume: bool = False
     finetune_epochs: int = 0
+    finetune_fraction: float = 1.0
+    score: str = DEFAULT_SCORE
+    stages: int | str | None = None
+    recover_epochs: int = 1
 
 
 IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "imgsz", "criterion", "round_to", "val_images",
-            "calib_images", "recalibrate", "strategy", "seed", "trials")
+            "calib_images", "recalibrate", "strategy", "seed", "trials", "score", "stages", "recover_epochs")
 LATENCY_IDENTITY = ("latency_threads", "latency_models")
+COLLAPSE_SHARE = 0.2  # the best initial candidate keeps less of the unpruned mAP: the collapsed regime
 
 
 def check_config(cfg: SearchConfig) -> None:
@@ -70,6 +76,8 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError("--val-images and --calib-images must be >= 1 (use --no-recalibrate to skip calibration)")
     if not cfg.weights.endswith(".pt"):
         raise UserError(f"search needs a trained .pt checkpoint, got {cfg.weights}")
+    if not Path(cfg.data).is_file():
+        raise UserError(f"data file not found: {cfg.data} (give a dataset YAML or a COCO annotation JSON)")
     if cfg.target_flops is None and cfg.max_latency_ms is None:
         raise UserError("give --target-flops, --max-latency-ms or both")
     if cfg.target_flops is not None and not 0.0 < cfg.target_flops < 1.0:
@@ -78,6 +86,12 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"--max-latency-ms {cfg.max_latency_ms} must be > 0")
     if cfg.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
+    if not 0.0 < cfg.finetune_fraction <= 1.0:
+        raise UserError(f"--finetune-fraction {cfg.finetune_fraction} must lie in (0, 1]: the share of the train split")
+    if cfg.score not in SCORES:
+        raise UserError(f"unknown score '{cfg.score}' (choose from {', '.join(SCORES)})")
+    if cfg.score == "recovered" and not cfg.recalibrate:
+        raise UserError("--score recovered trains on the calibration batches: it cannot go with --no-recalibrate")
     cores = os.cpu_count() or 1
     if not 1 <= cfg.latency_threads <= cores:
         raise UserError(f"--latency-threads {cfg.latency_threads} must lie in 1..{cores} (visible cores)")
@@ -97,7 +111,7 @@ def run_dir_for(cfg: SearchConfig) -> Path:
         return target
     if cfg.name:
         target = project / cfg.name
-        if (target / "trials.jsonl").exists():
+        if (target / "meta.json").exists():
             raise UserError(f"{target} already holds a search; pass --resume to continue it or another --name")
         return target
     n = max((int(p.name[3:] or 1) for p in runs), default=0) + 1
@@ -134,12 +148,13 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         _write_json(run_dir / "latency_model.json", asdict(latency))
 
     evaluator = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
-                               recalibrate=cfg.recalibrate)
+                               recalibrate=cfg.recalibrate, score=cfg.score, reference=loaded.model)
     scores = unit_scores(space, cfg.criterion)
     ctx = SearchContext(space, budget, scores, cfg.seed, total)
     strategy = make_strategy(cfg.strategy, ctx)
     init = initial_design(ctx) if cfg.strategy not in DETERMINISTIC else None
 
+    n_init, regime = (len(init) if init is not None else total), None
     store = TrialStore(run_dir)
     trials = store.load()
     store.rewrite(trials)  # drops a line torn by a kill
@@ -153,14 +168,38 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         r = evaluator.score(pruned)
         trial = {"trial": t, "phase": phase, "rates": rate_dict, "flops_ratio": float(budget.ratio(rates)[0]),
                  "latency_ms_est": float(latency.predict(space, rates)[0]) if latency else None,
-                 "params": int(sum(p.numel() for p in pruned.parameters())), "map50_95": r.map50_95,
-                 "map50": r.map50, "eval_seconds": r.seconds, "propose_seconds": propose_s}
+                 "params": int(sum(p.numel() for p in pruned.parameters())), "score": r.score,
+                 "map50_95": r.map50_95, "map50": r.map50, "eval_seconds": r.seconds, "propose_seconds": propose_s}
         store.append(trial)
         trials.append(trial)
         if on_trial:
-            on_trial(trial, max(trials, key=lambda x: x["map50_95"]), total)
+            on_trial(trial, max(trials, key=lambda x: x["score"]), total)
+        if len(trials) == n_init:
+            regime = classify_regime([x["map50_95"] for x in trials], unpruned_map(loaded, evaluator), log)
     search_seconds = time.perf_counter() - start
-    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, latency, log)
+    regime = regime or classify_regime([x["map50_95"] for x in trials[:n_init]], unpruned_map(loaded, evaluator))
+    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, regime, latency, log)
+
+
+def unpruned_map(loaded, evaluator: TrialEvaluator) -> float:
+    """The unpruned model's mAP50-95 on the search slice (its own BN statistics)."""
+    return evaluate(loaded.model, evaluator.search, evaluator.imgsz, evaluator.batch, evaluator.search_images).map50_95
+
+
+def classify_regime(first_maps: list[float], reference: float, log=None) -> dict:
+    """Redundant or collapsed? The best of the first candidates (the initial design) as a share of the unpruned
+    model's mAP. Under COLLAPSE_SHARE, scores without recovery carry little signal: say so and name the remedy."""
+    best = max(first_maps)
+    share = best / reference if reference > 0 else None
+    collapsed = share is not None and share < COLLAPSE_SHARE  # an unpruned model scoring 0 tells nothing
+    if collapsed and log:
+        log(f"warning: the best of the first {len(first_maps)} candidates keeps {share:.0%} of the unpruned mAP50-95 "
+            f"({best:.3f} of {reference:.3f}): one-shot pruning collapses at this budget and the score has little "
+            f"signal. Prune in steps with recovery (--stages auto or --stages K) or score after a short recovery "
+            f"(--score recovered)")
+    regime = "collapsed" if collapsed else "redundant" if share is not None else "unscored"
+    return {"regime": regime, "unpruned_map50_95": reference, "best_initial_map50_95": best,
+            "best_initial_share": share}
 
 
 def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict], t: int) -> tuple[np.ndarray, str]:
@@ -174,14 +213,14 @@ def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict
         rng = np.random.default_rng([ctx.seed, t])
         return ctx.budget.project(rng.random((1, len(ctx.space.groups))) * ctx.budget.max_rate)[0], "random"
     rates = np.array([[tr["rates"][n] for n in ctx.space.names] for tr in trials])
-    scores = np.array([tr["map50_95"] for tr in trials])
+    scores = np.array([tr["score"] for tr in trials])
     with torch_threads(1):  # BO in one thread: oversubscription, not the GP, is what makes it slow
         return strategy.propose(rates, scores, t)[0], name
 
 
-def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float, latency=None,
-            log=None) -> dict:
-    best, measured_ms = max(trials, key=lambda x: x["map50_95"]), None
+def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float, regime: dict,
+            latency=None, log=None) -> dict:
+    best, measured_ms = max(trials, key=lambda x: x["score"]), None
     if latency:
         best, measured_ms = _fastest_enough(cfg, loaded, space, trials, log)
     result = api.prune(loaded, best["rates"], cfg.criterion, cfg.round_to, space)
@@ -195,10 +234,11 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
         "run_dir": str(run_dir), "strategy": cfg.strategy, "target_flops": cfg.target_flops, "trials": len(trials),
         "best": {"trial": best["trial"], "rates": best["rates"], "flops_ratio": best["flops_ratio"],
                  "latency_ms_est": best.get("latency_ms_est"),
-                 "params": result.params_after, "map50_95": best["map50_95"], "map50": best["map50"],
+                 "params": result.params_after, "score": best["score"], "map50_95": best["map50_95"],
+                 "map50": best["map50"],
                  "final_check_map50_95": final.map50_95, "final_check_map50": final.map50,
                  "final_check_images": final.images, "final_check_disjoint": evaluator.final_disjoint},
-        "pruned": str(out), "search_seconds": search_seconds,
+        "score": cfg.score, **regime, "pruned": str(out), "search_seconds": search_seconds,
         "max_latency_ms": cfg.max_latency_ms, "latency_threads": cfg.latency_threads if latency else None,
         "measured_latency_ms": measured_ms,
         "bo_overhead_share": propose / wall if wall else 0.0,
@@ -207,7 +247,7 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
     if cfg.finetune_epochs:
         summary.update(_finetune_best(cfg, out, evaluator, run_dir))
     _write_json(run_dir / "summary.json", summary)
-    plot_run(trials, best, space.names, run_dir)
+    plot_run(trials, best, space.names, run_dir, cfg.score)
     return summary
 
 
@@ -215,7 +255,8 @@ def _finetune_best(cfg, pruned: Path, evaluator, run_dir: Path) -> dict:
     """Fine-tune the saved best candidate with Ultralytics' trainer; its final check keeps the trained BN."""
     from yoloprune.finetune import finetune
 
-    tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, project=str(run_dir), name="finetune", workers=2)
+    tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, fraction=cfg.finetune_fraction, project=str(run_dir),
+                     name="finetune", exist_ok=True, workers=2)  # a resumed run restarts an unfinished fine-tune
     after = evaluator.final_check(api.load(tuned).model, recalibrate=False)
     return {"finetuned": str(tuned), "finetune_epochs": cfg.finetune_epochs,
             "finetuned_final_check_map50_95": after.map50_95, "finetuned_final_check_map50": after.map50}
@@ -224,7 +265,7 @@ def _finetune_best(cfg, pruned: Path, evaluator, run_dir: Path) -> dict:
 def _fastest_enough(cfg, loaded, space, trials: list[dict], log) -> tuple[dict, float]:
     """The best trial whose exported model MEASURES within --max-latency-ms (the estimate kept a margin; this
     makes sure): trials are measured in order of mAP until one fits."""
-    ranked = sorted(trials, key=lambda x: -x["map50_95"])
+    ranked = sorted(trials, key=lambda x: -x["score"])
     for trial in ranked:
         rates = space.rates_vector(trial["rates"])[None]
         ms = float(measure(loaded, space, rates, cfg.latency_threads, runs=50)[0])
@@ -237,18 +278,19 @@ def _fastest_enough(cfg, loaded, space, trials: list[dict], log) -> tuple[dict, 
                     f"budget); nothing was saved, the trials are kept")
 
 
-def plot_run(trials: list[dict], best: dict, names: list[str], run_dir: Path) -> None:
-    """best-so-far mAP per trial, mAP vs FLOPs of all trials, and the best candidate's rates."""
+def plot_run(trials: list[dict], best: dict, names: list[str], run_dir: Path, score: str = DEFAULT_SCORE) -> None:
+    """best-so-far score per trial, score vs FLOPs of all trials, and the best candidate's rates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    maps = np.array([t["map50_95"] for t in trials])
+    label = "mAP50-95 (search slice)" if score == "map" else f"score: {score}"
+    maps = np.array([t["score"] for t in trials])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(np.arange(1, len(maps) + 1), np.maximum.accumulate(maps), drawstyle="steps-post", label="best so far")
     ax.scatter(np.arange(1, len(maps) + 1), maps, s=8, alpha=0.5, label="trial")
-    ax.set(xlabel="trial", ylabel="mAP50-95 (search slice)", title="search progress")
+    ax.set(xlabel="trial", ylabel=label, title="search progress")
     ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / "progress.png", dpi=110)
@@ -256,8 +298,8 @@ def plot_run(trials: list[dict], best: dict, names: list[str], run_dir: Path) ->
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.scatter([t["flops_ratio"] for t in trials], maps, s=10)
-    ax.scatter([best["flops_ratio"]], [best["map50_95"]], s=40, c="red", label="best")
-    ax.set(xlabel="FLOPs kept (fraction)", ylabel="mAP50-95", title="trials")
+    ax.scatter([best["flops_ratio"]], [best["score"]], s=40, c="red", label="best")
+    ax.set(xlabel="FLOPs kept (fraction)", ylabel=label, title="trials")
     ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / "map_vs_flops.png", dpi=110)

@@ -1,0 +1,148 @@
+"""Staged search for models that one-shot pruning collapses (`yoloprune search --stages K`).
+
+The FLOPs target t is reached in K geometric steps: stage k searches per-group rates for the
+current model at t^(k/K) of the original FLOPs, prunes the best candidate and recovers it with
+Ultralytics' trainer (`--recover-epochs`) before the next stage (NetAdapt, MSVFP). Each stage is
+an ordinary search run in `<run>/stageK` (its trials, best rates, pruned and recovered
+checkpoints), so `--resume` skips finished stages and continues the unfinished one trial by
+trial. `--stages auto` picks K from uniform probes: the fewest steps whose first step keeps at
+least COLLAPSE_SHARE of the unpruned mAP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from yoloprune import api
+from yoloprune.budget import Budget
+from yoloprune.errors import UserError
+from yoloprune.evaluate import TrialEvaluator
+from yoloprune.pruner import prune
+from yoloprune.search import (COLLAPSE_SHARE, IDENTITY, SearchConfig, _write_json, check_config, run_dir_for,
+                              run_search, unpruned_map)
+
+MIN_STAGE_CUT = 0.05  # every stage removes at least this share of its input's FLOPs
+MIN_STAGE_TRIALS = 2
+MAX_AUTO_STAGES = 4
+
+
+def stage_limit(target_flops: float) -> int:
+    """The most stages a FLOPs target allows (each stage cuts at least MIN_STAGE_CUT)."""
+    return max(1, int(math.log(target_flops) / math.log(1.0 - MIN_STAGE_CUT)))
+
+
+def check_staged(cfg: SearchConfig) -> None:
+    check_config(cfg)
+    if cfg.target_flops is None:
+        raise UserError("--stages steps on FLOPs: give --target-flops (a --max-latency-ms limit then binds the last "
+                        "stage)")
+    if cfg.finetune_epochs:
+        raise UserError("with --stages every stage's recovery is the fine-tune: use --recover-epochs, not "
+                        "--finetune-epochs")
+    if cfg.recover_epochs < 0:
+        raise UserError(f"--recover-epochs must be >= 0, got {cfg.recover_epochs}")
+    if cfg.stages == "auto":
+        return
+    if not isinstance(cfg.stages, int) or cfg.stages < 1:
+        raise UserError(f"--stages must be a whole number >= 1 or 'auto', got {cfg.stages}")
+    limit = stage_limit(cfg.target_flops)
+    if cfg.stages > limit:
+        raise UserError(f"--stages {cfg.stages} is more than --target-flops {cfg.target_flops} allows: each stage must "
+                        f"cut at least {MIN_STAGE_CUT:.0%} of its FLOPs, so at most {limit} stage(s)")
+    if cfg.trials < MIN_STAGE_TRIALS * cfg.stages:
+        raise UserError(f"--trials {cfg.trials} is too few for {cfg.stages} stages (at least {MIN_STAGE_TRIALS} each)")
+
+
+def auto_stages(cfg: SearchConfig, log: Callable[[str], None] | None = None) -> int:
+    """The fewest stages whose first step, pruned with uniform rates, keeps >= COLLAPSE_SHARE of the unpruned mAP."""
+    loaded = api.load(cfg.weights, cfg.imgsz)
+    space = api.analyse(loaded, cfg.round_to)
+    ev = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
+                        recalibrate=cfg.recalibrate)
+    reference = unpruned_map(loaded, ev)
+    most = min(MAX_AUTO_STAGES, stage_limit(cfg.target_flops), cfg.trials // MIN_STAGE_TRIALS)
+    for k in range(1, most + 1):
+        step = cfg.target_flops ** (1.0 / k)
+        rates = Budget(space, step).project(np.zeros((1, len(space.groups))))[0]
+        share = ev.score(prune(loaded.model, space, dict(zip(space.names, map(float, rates))), cfg.criterion)
+                         ).map50_95 / max(reference, 1e-9)
+        if log:
+            log(f"stages auto: {k} stage(s), first step to {step:.0%} FLOPs keeps {share:.0%} of the unpruned mAP "
+                f"with uniform rates")
+        if share >= COLLAPSE_SHARE:
+            return k
+    return most
+
+
+def run_staged(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | None = None) -> dict:
+    """Run (or resume) a staged search; returns its summary (also in <run>/summary.json)."""
+    check_staged(cfg)
+    run_dir = run_dir_for(cfg)
+    sha = api.checkpoint.file_sha256(cfg.weights) if Path(cfg.weights).is_file() else None
+    meta = {**asdict(cfg), "weights_sha256": sha}
+    if cfg.resume:
+        old = json.loads((run_dir / "meta.json").read_text())
+        diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
+        if diff:
+            raise UserError(f"cannot resume {run_dir}: its {', '.join(diff)} differ from this command's")
+        stages = old["stages_resolved"]
+    else:
+        Budget(api.analyse(api.load(cfg.weights, cfg.imgsz), cfg.round_to), cfg.target_flops)  # feasible at all?
+        stages = auto_stages(cfg, log) if cfg.stages == "auto" else cfg.stages
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "meta.json", {**meta, "stages_resolved": stages})
+
+    original = api.load(cfg.weights, cfg.imgsz)
+    base_flops = api.analyse(original, cfg.round_to).flops()[0]
+    weights, summaries = cfg.weights, []
+    for k in range(1, stages + 1):
+        stage_dir = run_dir / f"stage{k}"
+        if (stage_dir / "summary.json").exists():
+            summary = json.loads((stage_dir / "summary.json").read_text())
+        else:
+            current = api.analyse(api.load(weights, cfg.imgsz), cfg.round_to).flops()[0]
+            step = min(cfg.target_flops ** (k / stages) * base_flops / current, 1.0 - 1e-6)
+            n_trials = cfg.trials // stages + (cfg.trials % stages if k == stages else 0)
+            if log:
+                log(f"stage {k}/{stages}: {n_trials} trials to {cfg.target_flops ** (k / stages):.1%} of the original "
+                    f"FLOPs ({step:.1%} of this stage's input)")
+            sub = replace(cfg, weights=str(weights), target_flops=step, trials=n_trials, project=str(run_dir),
+                          name=stage_dir.name, resume=(stage_dir / "meta.json").exists(), stages=None,
+                          finetune_epochs=cfg.recover_epochs,
+                          max_latency_ms=cfg.max_latency_ms if k == stages else None)
+            summary = run_search(sub, on_trial, log)
+        summaries.append(summary)
+        weights = summary.get("finetuned") or summary["pruned"]
+    return _finish_staged(cfg, run_dir, original, base_flops, weights, summaries)
+
+
+def _finish_staged(cfg: SearchConfig, run_dir: Path, original, base_flops: float, weights: str,
+                   summaries: list[dict]) -> dict:
+    final = api.load(weights, cfg.imgsz)
+    flops = api.analyse(final, cfg.round_to).flops()[0]
+    out = run_dir / "pruned.pt"
+    tmp = out.with_name("pruned.pt.tmp")
+    shutil.copyfile(weights, tmp)
+    tmp.replace(out)
+    last = summaries[-1]
+    key = "finetuned_final_check_map50_95" if "finetuned" in last else None
+    summary = {
+        "run_dir": str(run_dir), "strategy": cfg.strategy, "score": cfg.score, "target_flops": cfg.target_flops,
+        "stages": len(summaries), "recover_epochs": cfg.recover_epochs,
+        "trials": sum(s["trials"] for s in summaries), "flops_ratio": flops / base_flops,
+        "params": api.param_count(final.model), "params_before": api.param_count(original.model),
+        "final_check_map50_95": last[key] if key else last["best"]["final_check_map50_95"],
+        "final_check_map50": last["finetuned_final_check_map50"] if key else last["best"]["final_check_map50"],
+        "final_check_images": last["best"]["final_check_images"], "pruned": str(out),
+        "measured_latency_ms": last.get("measured_latency_ms"), "max_latency_ms": cfg.max_latency_ms,
+        "stage_summaries": summaries,
+    }
+    _write_json(run_dir / "summary.json", summary)
+    return summary
