@@ -103,7 +103,9 @@ def cmd_search(args) -> None:
                        imgsz=args.imgsz, seed=args.seed, criterion=args.criterion, round_to=args.round_to,
                        recalibrate=not args.no_recalibrate, project=args.project, name=args.name, resume=args.resume,
                        finetune_epochs=args.finetune_epochs, finetune_fraction=args.finetune_fraction,
-                       score=args.score, stages=_stages(args.stages), recover_epochs=args.recover_epochs)
+                       score=args.score, stages=_stages(args.stages), recover_epochs=args.recover_epochs,
+                       workers=args.workers, worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus,
+                       ray_address=args.ray_address)
     bar = None
 
     def on_trial(trial: dict, best: dict, total: int) -> None:
@@ -287,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "collapses; --trials is split over the stages")
     p.add_argument("--recover-epochs", type=int, default=1,
                    help="fine-tune epochs after every stage of --stages (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="evaluate this many trials side by side on Ray actors (pip install 'yoloprune[ray]'); each "
+                        "new candidate is proposed given those in flight, so a parallel run is NOT reproducible from "
+                        "--seed (default 1: this process, no Ray)")
+    p.add_argument("--worker-cpus", type=int, default=None,
+                   help="torch threads (and Ray CPUs) per worker (default: visible cores / workers)")
+    p.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
+    p.add_argument("--ray-address", default=None,
+                   help="HOST:PORT of a running Ray cluster to join (default: a private local instance for the run); "
+                        "its nodes must see --weights and --data at the same paths")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("bench", help="ONNX export and ONNX Runtime CPU latency, FLOPs, params side by side")

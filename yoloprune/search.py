@@ -24,7 +24,7 @@ from yoloprune.errors import UserError
 from yoloprune.evaluate import TrialEvaluator, evaluate
 from yoloprune.importance import CRITERIA, DEFAULT_CRITERION, unit_scores
 from yoloprune.latency import LatencyModel, cache_dir, latency_model, measure
-from yoloprune.pruner import prune, removed_units
+from yoloprune.parallel import CandidateScorer, LocalPool, RayPool, ScorerSpec, check_parallel
 from yoloprune.scores import DEFAULT_SCORE, SCORES
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
                                   make_strategy)
@@ -59,6 +59,10 @@ class SearchConfig:
     score: str = DEFAULT_SCORE
     stages: int | str | None = None
     recover_epochs: int = 1
+    workers: int = 1
+    worker_cpus: int | None = None
+    worker_gpus: float = 0.0
+    ray_address: str | None = None
 
 
 IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "imgsz", "criterion", "round_to", "val_images",
@@ -92,6 +96,7 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"unknown score '{cfg.score}' (choose from {', '.join(SCORES)})")
     if cfg.score == "recovered" and not cfg.recalibrate:
         raise UserError("--score recovered trains on the calibration batches: it cannot go with --no-recalibrate")
+    check_parallel(cfg.workers, cfg.worker_cpus, cfg.worker_gpus, cfg.ray_address)
     cores = os.cpu_count() or 1
     if not 1 <= cfg.latency_threads <= cores:
         raise UserError(f"--latency-threads {cfg.latency_threads} must lie in 1..{cores} (visible cores)")
@@ -158,27 +163,47 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     store = TrialStore(run_dir)
     trials = store.load()
     store.rewrite(trials)  # drops a line torn by a kill
+    done = {t["trial"] for t in trials}
+    free = [t for t in range(total) if t not in done]  # a parallel run killed mid-way may leave holes
+    pool = _pool(cfg, loaded, space, evaluator, total, log)
+    proposed: dict[int, tuple[np.ndarray, str, float]] = {}
     start = time.perf_counter()
-    for t in range(len(trials), total):
-        t0 = time.perf_counter()
-        rates, phase = _next_rates(cfg.strategy, ctx, strategy, init, trials, t)
-        propose_s = time.perf_counter() - t0
-        rate_dict = dict(zip(space.names, map(float, rates)))
-        pruned = prune(loaded.model, space, rate_dict, removed=removed_units(space, rate_dict, scores=scores))
-        r = evaluator.score(pruned)
-        trial = {"trial": t, "phase": phase, "rates": rate_dict, "flops_ratio": float(budget.ratio(rates)[0]),
-                 "latency_ms_est": float(latency.predict(space, rates)[0]) if latency else None,
-                 "params": int(sum(p.numel() for p in pruned.parameters())), "score": r.score,
-                 "map50_95": r.map50_95, "map50": r.map50, "eval_seconds": r.seconds, "propose_seconds": propose_s}
-        store.append(trial)
-        trials.append(trial)
-        if on_trial:
-            on_trial(trial, max(trials, key=lambda x: x["score"]), total)
-        if len(trials) == n_init:
-            regime = classify_regime([x["map50_95"] for x in trials], unpruned_map(loaded, evaluator), log)
+    try:
+        while free or proposed:
+            while free and pool.idle():
+                t0 = time.perf_counter()
+                t = free.pop(0)
+                pending = np.array([space.rates_vector(r) for r in pool.in_flight()]) if proposed else None
+                rates, phase = _next_rates(cfg.strategy, ctx, strategy, init, trials, t, pending)
+                proposed[t] = rates, phase, time.perf_counter() - t0
+                pool.submit(t, dict(zip(space.names, map(float, rates))))
+            t, result = pool.next_result()
+            rates, phase, propose_s = proposed.pop(t)
+            trial = {"trial": t, "phase": phase, "rates": dict(zip(space.names, map(float, rates))),
+                     "flops_ratio": float(budget.ratio(rates[None])[0]),
+                     "latency_ms_est": float(latency.predict(space, rates[None])[0]) if latency else None,
+                     **result, "propose_seconds": propose_s}
+            store.append(trial)
+            trials.append(trial)
+            if on_trial:
+                on_trial(trial, max(trials, key=lambda x: x["score"]), total)
+            if len(trials) == n_init:
+                regime = classify_regime([x["map50_95"] for x in trials], unpruned_map(loaded, evaluator), log)
+    finally:
+        pool.close()
     search_seconds = time.perf_counter() - start
     regime = regime or classify_regime([x["map50_95"] for x in trials[:n_init]], unpruned_map(loaded, evaluator))
-    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, regime, latency, log)
+    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, regime, latency, log,
+                   fresh=len(trials) - len(done), workers=pool.workers)
+
+
+def _pool(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, total: int, log):
+    """This process for one worker (or a one-trial baseline), else Ray actors."""
+    spec = ScorerSpec(cfg.weights, cfg.data, loaded.imgsz, cfg.round_to, cfg.criterion, cfg.val_images,
+                      cfg.calib_images, cfg.recalibrate, cfg.score)
+    if cfg.workers == 1 or total == 1:
+        return LocalPool(CandidateScorer(spec, loaded, space, evaluator), cfg.worker_cpus)
+    return RayPool(spec, min(cfg.workers, total), cfg.worker_cpus, cfg.worker_gpus, cfg.ray_address, log)
 
 
 def unpruned_map(loaded, evaluator: TrialEvaluator) -> float:
@@ -202,7 +227,8 @@ def classify_regime(first_maps: list[float], reference: float, log=None) -> dict
             "best_initial_share": share}
 
 
-def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict], t: int) -> tuple[np.ndarray, str]:
+def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict], t: int,
+                pending: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     if name == "uniform":
         return ctx.budget.project(np.zeros((1, len(ctx.space.groups))))[0], "uniform"
     if name == "global":
@@ -215,11 +241,12 @@ def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict
     rates = np.array([[tr["rates"][n] for n in ctx.space.names] for tr in trials])
     scores = np.array([tr["score"] for tr in trials])
     with torch_threads(1):  # BO in one thread: oversubscription, not the GP, is what makes it slow
-        return strategy.propose(rates, scores, t)[0], name
+        return strategy.propose(rates, scores, t, pending)[0], name
 
 
 def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float, regime: dict,
-            latency=None, log=None) -> dict:
+            latency=None, log=None, fresh: int = 0, workers: int = 1) -> dict:
+    """Re-check, save and summarise the best trial; `fresh` trials ran in this invocation, in `search_seconds`."""
     best, measured_ms = max(trials, key=lambda x: x["score"]), None
     if latency:
         best, measured_ms = _fastest_enough(cfg, loaded, space, trials, log)
@@ -228,8 +255,7 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
     out = api.save_pruned(result, loaded, run_dir / "pruned.pt", {"search": str(run_dir), "strategy": cfg.strategy})
     _write_text(run_dir / "best_rates.yaml", yaml.safe_dump({k: round(v, 6) for k, v in best["rates"].items()},
                                                              sort_keys=False))
-    propose = sum(t["propose_seconds"] for t in trials)
-    wall = sum(t["propose_seconds"] + t["eval_seconds"] for t in trials)
+    propose = sum(t["propose_seconds"] for t in trials[len(trials) - fresh:])
     summary = {
         "run_dir": str(run_dir), "strategy": cfg.strategy, "target_flops": cfg.target_flops, "trials": len(trials),
         "best": {"trial": best["trial"], "rates": best["rates"], "flops_ratio": best["flops_ratio"],
@@ -241,7 +267,8 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
         "score": cfg.score, **regime, "pruned": str(out), "search_seconds": search_seconds,
         "max_latency_ms": cfg.max_latency_ms, "latency_threads": cfg.latency_threads if latency else None,
         "measured_latency_ms": measured_ms,
-        "bo_overhead_share": propose / wall if wall else 0.0,
+        "workers": workers, "trials_per_hour": fresh / search_seconds * 3600 if fresh else None,
+        "bo_overhead_share": propose / search_seconds if fresh else None,  # share of the search loop's wall time
         "mean_trial_eval_seconds": float(np.mean([t["eval_seconds"] for t in trials])),
     }
     if cfg.finetune_epochs:

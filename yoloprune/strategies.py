@@ -138,8 +138,12 @@ class BayesianStrategy:
         box = rng.random((N_CANDIDATES // 2, g)) * m
         return np.clip(np.vstack([local, box]), 0.0, m)
 
-    def propose(self, rates: np.ndarray, scores: np.ndarray, trial: int) -> np.ndarray:
+    def propose(self, rates: np.ndarray, scores: np.ndarray, trial: int,
+                pending: np.ndarray | None = None) -> np.ndarray:
+        """The next rates (1, G); `pending` are candidates still being evaluated by parallel workers: with any,
+        the acquisition is Monte Carlo LogEI over the joint of the candidate and the pending points."""
         from botorch.acquisition.analytic import LogExpectedImprovement
+        from botorch.acquisition.logei import qLogExpectedImprovement
 
         rng = np.random.default_rng([self.ctx.seed, trial])
         x = torch.tensor(self.features(rates), dtype=torch.double)
@@ -151,10 +155,15 @@ class BayesianStrategy:
         self._state = model.state_dict()
         cand = self.ctx.budget.project(self.candidates(rates, scores, rng))
         cand = np.unique(np.round(cand, 6), axis=0)
-        seen = {tuple(np.round(r, 6)) for r in rates}
+        busy = rates if pending is None or not len(pending) else np.vstack([rates, pending])
+        seen = {tuple(np.round(r, 6)) for r in busy}
         fresh = np.array([c for c in cand if tuple(c) not in seen]) if len(cand) else cand
         cand = fresh if len(fresh) else cand
-        acq = LogExpectedImprovement(model, best_f=y.max())
+        if pending is None or not len(pending):
+            acq = LogExpectedImprovement(model, best_f=y.max())
+        else:
+            acq = qLogExpectedImprovement(model, best_f=y.max(),
+                                          X_pending=torch.tensor(self.features(pending), dtype=torch.double))
         with torch.no_grad():
             values = acq(torch.tensor(self.features(cand), dtype=torch.double)[:, None, :])
         return cand[int(values.argmax())][None]
@@ -230,10 +239,11 @@ class BOCR(BayesianStrategy):
         local = super().candidates(rates, scores, rng)[: N_CANDIDATES // 2]
         return np.vstack([np.clip(local, lo, hi), box[: N_CANDIDATES // 2]])
 
-    def propose(self, rates: np.ndarray, scores: np.ndarray, trial: int) -> np.ndarray:
+    def propose(self, rates: np.ndarray, scores: np.ndarray, trial: int,
+                pending: np.ndarray | None = None) -> np.ndarray:
         if not self.full and trial >= self.rollback_at:
             self.full, self._state = True, None
-        return super().propose(rates, scores, trial)
+        return super().propose(rates, scores, trial, pending)
 
 
 def cluster_groups(ctx: SearchContext, k: int) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""Trials on Ray workers (--workers N): a private local instance, a worker killed mid-search, a real cluster."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from ultralytics.nn.tasks import DetectionModel
+
+from yoloprune.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.pt"
+    save_checkpoint(DetectionModel("yolov8n.yaml", nc=10, verbose=False), path, {"imgsz": 96}, {})
+    return path
+
+
+def parallel_cmd(weights, data, project, *extra):
+    return [sys.executable, "-m", "yoloprune", "search", "--weights", str(weights), "--data", str(data),
+            "--target-flops", "0.6", "--val-images", "6", "--calib-images", "8", "--project", str(project),
+            "--workers", "2", "--worker-cpus", "1", *extra]
+
+
+def trial_ids(run):
+    return [json.loads(line)["trial"] for line in (run / "trials.jsonl").read_text().splitlines()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--workers", "0"], "--workers"),
+    (["--workers", "2", "--worker-cpus", "64"], "oversubscribe"),
+    (["--workers", "2", "--ray-address", "127.0.0.1:1"], "cannot reach"),
+    (["--workers", "2", "--ray-address", "nohost"], "HOST:PORT"),
+    (["--ray-address", "127.0.0.1:6379"], "--workers > 1"),
+])
+def test_parallel_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):
+    cmd = parallel_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs")[:-4] + extra
+    t0 = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and fragment in out.stderr, out.stderr[-800:]
+    assert len(out.stderr.strip().splitlines()) == 1 and time.time() - t0 < 60
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ray_not_installed_is_one_clear_error(tmp_path, tiny_weights, tiny_data):
+    argv = parallel_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs")[3:]
+    code = f"import sys; sys.modules['ray'] = None; from yoloprune.cli import main; sys.exit(main({argv!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "pip install 'yoloprune[ray]'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced_and_no_trial_is_lost_or_repeated(tmp_path, tiny_weights, tiny_data):
+    proc = subprocess.Popen(parallel_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--trials", "10", "--name", "r",
+                                         "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "r" / "trials.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "TrialWorker" in " ".join(p.cmdline())]
+    assert workers, "no Ray worker process found"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout)  # one JSON object: worker logs stay off stdout
+    ids = trial_ids(tmp_path / "r")
+    assert sorted(ids) == list(range(10)) and summary["trials"] == 10 and summary["workers"] == 2
+    assert "died" in stderr
+    assert len({json.loads(line)["worker_pid"] for line in log.read_text().splitlines()}) >= 3  # a replacement ran
+
+
+@pytest.mark.slow
+def test_search_joins_a_running_cluster_and_writes_the_same_run_format(tmp_path, tiny_weights, tiny_data):
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}  # Ray >= 2.59: tokens
+    temp = f"/tmp/ypr{os.getpid()}"  # Ray's socket paths need a short temp dir
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard=false", "--temp-dir", temp, "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        time.sleep(3)  # the GCS accepts connections a little before the raylet has registered
+        out = subprocess.run(parallel_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--trials", "5", "--name",
+                                          "c", "--ray-address", f"127.0.0.1:{port}", "--json"),
+                             capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        summary = json.loads(out.stdout)
+        assert sorted(trial_ids(tmp_path / "c")) == list(range(5)) and summary["workers"] == 2
+        for name in ("meta.json", "summary.json", "best_rates.yaml", "pruned.pt", "progress.png"):
+            assert (tmp_path / "c" / name).exists(), name
+        assert head.poll() is None, "the search must not stop the cluster it joined"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        finally:
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
