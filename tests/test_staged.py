@@ -127,3 +127,14 @@ def test_regime_is_reported_and_a_collapse_is_named():
     assert len(messages) == 1 and "--stages" in messages[0] and "--score recovered" in messages[0]
     assert classify_regime([0.2, 0.3], 0.5, messages.append)["regime"] == "redundant" and len(messages) == 1
     assert classify_regime([0.0], 0.0, messages.append)["regime"] == "unscored" and len(messages) == 1
+
+
+@pytest.mark.slow
+def test_stages_auto_resolves_a_stage_count_and_records_it(tmp_path, tiny_weights, tiny_data):
+    out = subprocess.run(staged_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--stages", "auto", "--trials", "4",
+                                    "--recover-epochs", "0", "--json"), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    meta = json.loads((tmp_path / "exp" / "meta.json").read_text())
+    assert meta["stages"] == "auto" and meta["stages_resolved"] == summary["stages"] in (1, 2)
+    assert "stages auto:" in out.stderr and summary["flops_ratio"] <= 0.5 + 1e-6

@@ -134,16 +134,23 @@ class OnnxDetector:
         return torch.from_numpy(np.concatenate(outs))
 
 
+def model_input(pixels: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images as the float [0, 1] channels-last batch a model takes, on the device and dtype of `like`."""
+    x = pixels.to(device=like.device, dtype=like.dtype) if like is not None else pixels.float()
+    return (x / 255.0).contiguous(memory_format=torch.channels_last)
+
+
 @contextlib.contextmanager
 def inference_forward(model: nn.Module | OnnxDetector):
-    """(forward function, input dtype, end-to-end head?) for a PyTorch model (fused copy) or an ONNX one."""
+    """(forward function, input maker, end-to-end head?) for a PyTorch model (fused copy) or an ONNX one."""
     if isinstance(model, OnnxDetector):
-        yield model, torch.float32, model.end2end
+        yield model, model_input, model.end2end
         return
     model = fused_copy(model)
     head = model.model[-1] if hasattr(model, "model") else None
+    weight = next(model.parameters())
     with channels_last(model):
-        yield model, next(model.parameters()).dtype, bool(getattr(head, "end2end", False))
+        yield model, lambda pixels: model_input(pixels, weight), bool(getattr(head, "end2end", False))
 
 
 @torch.no_grad()
@@ -152,11 +159,11 @@ def predict(model: nn.Module | OnnxDetector, pixels: torch.Tensor, batch: int = 
     from ultralytics.utils.nms import non_max_suppression
 
     out: list[torch.Tensor] = []
-    with inference_forward(model) as (forward, dtype, end2end):
+    with inference_forward(model) as (forward, as_input, end2end):
         for k in range(0, len(pixels), batch):
-            x = (pixels[k:k + batch].to(dtype) / 255.0).contiguous(memory_format=torch.channels_last)
-            preds = forward(x)
-            out += non_max_suppression(preds, CONF, IOU, multi_label=True, max_det=MAX_DET, end2end=end2end)
+            preds = forward(as_input(pixels[k:k + batch]))
+            out += [d.cpu() for d in non_max_suppression(preds, CONF, IOU, multi_label=True, max_det=MAX_DET,
+                                                         end2end=end2end)]
     return out
 
 
@@ -256,11 +263,11 @@ def recalibrate_bn(model: nn.Module, batches: list[dict]) -> None:
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
-    dtype = next(model.parameters()).dtype
+    weight = next(model.parameters())
     try:
         with channels_last(model):
             for b in batches:
-                model((b["img"].to(dtype) / 255.0).contiguous(memory_format=torch.channels_last))
+                model(model_input(b["img"], weight))
     finally:
         for bn, momentum in zip(bns, saved):
             bn.momentum = momentum

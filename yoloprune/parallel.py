@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from yoloprune.errors import UserError
 
@@ -38,6 +38,7 @@ class ScorerSpec:
     calib_images: int
     recalibrate: bool
     score: str
+    device: str = "cpu"  # "cuda" on a Ray worker given GPUs (Ray sets CUDA_VISIBLE_DEVICES for it)
 
 
 class CandidateScorer:
@@ -48,6 +49,7 @@ class CandidateScorer:
         from yoloprune.evaluate import TrialEvaluator
         from yoloprune.importance import unit_scores
 
+        self.device = spec.device
         self.loaded = loaded or api.load(spec.weights, spec.imgsz)
         self.space = space or api.analyse(self.loaded, spec.round_to)
         self.unit_scores = unit_scores(self.space, spec.criterion)
@@ -59,7 +61,7 @@ class CandidateScorer:
         from yoloprune.pruner import prune, removed_units
 
         pruned = prune(self.loaded.model, self.space, rates,
-                       removed=removed_units(self.space, rates, scores=self.unit_scores))
+                       removed=removed_units(self.space, rates, scores=self.unit_scores)).to(self.device)
         r = self.evaluator.score(pruned)
         return {"params": int(sum(p.numel() for p in pruned.parameters())), "score": r.score,
                 "map50_95": r.map50_95, "map50": r.map50, "eval_seconds": r.seconds}
@@ -141,7 +143,8 @@ class RayPool:
                  address: str | None, log=None) -> None:
         import ray
 
-        self.ray, self.spec, self.log = ray, spec, log
+        self.ray, self.log = ray, log
+        self.spec = replace(spec, device="cuda" if worker_gpus > 0 else "cpu")
         self.cpus = worker_cpus or max(1, (os.cpu_count() or 1) // workers)
         self.gpus = worker_gpus
         # Ray's driver threads print worker deaths to sys.stdout: send them to stderr (--json keeps stdout clean)

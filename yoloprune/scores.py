@@ -38,12 +38,13 @@ def short_recovery(model: nn.Module, batches: list[dict], steps: int = RECOVERY_
     for p in trained:                                                              # Ultralytics' trainer
         p.requires_grad_(True)
     optimizer = torch.optim.SGD(trained, lr=lr, momentum=0.937, nesterov=True)
-    dtype = next(model.parameters()).dtype
+    weight = next(model.parameters())
     model.train()
     try:
         for step in range(steps):
             b = batches[step % len(batches)]
-            batch = {**b, "img": b["img"].to(dtype) / 255.0}
+            batch = {k: v.to(weight.device) for k, v in b.items()}
+            batch["img"] = batch["img"].to(weight.dtype) / 255.0
             loss, _ = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             (loss.sum() * NOMINAL_BATCH / len(b["img"])).backward()
@@ -62,12 +63,11 @@ def class_maps(model: nn.Module, pixels: torch.Tensor, batch: int = 32) -> torch
     from yoloprune.evaluate import inference_forward  # evaluate imports this module
 
     out = []
-    with inference_forward(model) as (forward, dtype, _):
+    with inference_forward(model) as (forward, as_input, _):
         for k in range(0, len(pixels), batch):
-            x = (pixels[k:k + batch].to(dtype) / 255.0).contiguous(memory_format=torch.channels_last)
-            y = forward(x)
+            y = forward(as_input(pixels[k:k + batch]))
             y = y[0] if isinstance(y, (list, tuple)) else y
-            out.append(y[:, 4:].flatten(1).float())
+            out.append(y[:, 4:].flatten(1).float().cpu())
     return torch.cat(out)
 
 
