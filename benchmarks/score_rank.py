@@ -52,14 +52,15 @@ def main() -> None:
     loaded = api.load(DEFAULT_WEIGHTS)
     space = api.analyse(loaded)
     budget = Budget(space, args.budget)
-    evaluators = {name: TrialEvaluator(data.yaml_path, loaded.model.names, loaded.imgsz, reference=loaded.model, **kw)
-                  for name, kw in VARIANTS.items()}
-    search = evaluators["map"]
+    evaluators: dict[str, TrialEvaluator] = {}  # built once, on the first unit still to run
     cands = candidates(budget, len(space.groups), args.candidates, args.spread)
     for k, rates in enumerate(cands):
         unit = f"{args.budget}/{args.spread}/{k}/{args.epochs}/{args.fraction}"
         if unit in log.done():
             continue
+        evaluators = evaluators or {name: TrialEvaluator(data.yaml_path, loaded.model.names, loaded.imgsz,
+                                                         reference=loaded.model, **kw) for name, kw in VARIANTS.items()}
+        search = evaluators["map"]
         rate_dict = dict(zip(space.names, map(float, rates)))
         pruned = prune(loaded.model, space, rate_dict)
         t = time.perf_counter()

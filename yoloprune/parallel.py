@@ -15,6 +15,7 @@ nodes must see the weights and data at the same paths (a shared file system).
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sys
 import time
@@ -150,6 +151,8 @@ class RayPool:
         # Ray's driver threads print worker deaths to sys.stdout: send them to stderr (--json keeps stdout clean)
         self.stdout, sys.stdout = sys.stdout, sys.stderr
         env = os.environ.pop("RAY_ADDRESS", None)  # a private instance must not join whatever this names
+        if address is None:  # Ray >= 2.59 secures a local instance with a token; keep it in the run, not in ~/.ray
+            os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
         try:
             ray.init(address=address or "local", num_cpus=None if address else os.cpu_count(),
                      include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True,
