@@ -39,30 +39,34 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=2)
     parser.add_argument("--methods", default="uniform,oneshot,staged")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
+                        help="model to prune (default: the embedded default; units of other models are keyed by name)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("staged_search")
     setting = {"budget": args.budget, "trials": args.trials, "epochs": args.epochs, "fraction": args.fraction,
                "stages": args.stages}
+    model = "" if Path(args.weights) == DEFAULT_WEIGHTS else Path(args.weights).stem + "/"
     if not args.table_only:
         data = default_dataset()
         for method in args.methods.split(","):
             for seed in (0,) if method == "uniform" else map(int, args.seeds.split(",")):
-                unit = f"{method}/{seed}/" + "/".join(str(v) for v in setting.values())
+                unit = f"{model}{method}/{seed}/" + "/".join(str(v) for v in setting.values())
                 if unit in log.done():
                     continue
                 run = Path("benchmarks/runs/staged") / unit.replace("/", "-")
                 shutil.rmtree(run, ignore_errors=True)
                 t0 = time.perf_counter()
                 row = run_unit(method, seed, args, str(data.yaml_path), run)
-                log.append(unit, {"method": method, "seed": seed, **setting, **row,
+                log.append(unit, {"model": model.rstrip("/") or "default", "method": method, "seed": seed,
+                                  **setting, **row,
                                   "wall_seconds": time.perf_counter() - t0})
                 print(unit, round(row["final_map50_95"], 4), flush=True)
-    print_table(log.done(), setting)
+    print_table(log.done(), setting, model.rstrip("/") or "default")
 
 
 def run_unit(method: str, seed: int, args, data: str, run: Path) -> dict:
-    cfg = SearchConfig(str(DEFAULT_WEIGHTS), data, args.budget, trials=args.trials, seed=seed,
+    cfg = SearchConfig(args.weights, data, args.budget, trials=args.trials, seed=seed,
                        project=str(run.parent), name=run.name, finetune_fraction=args.fraction)
     if method == "staged":
         s = run_staged(SearchConfig(**{**cfg.__dict__, "stages": args.stages,
@@ -79,13 +83,13 @@ def run_unit(method: str, seed: int, args, data: str, run: Path) -> dict:
             "regime": s["regime"]}
 
 
-def print_table(rows: dict, setting: dict) -> None:
+def print_table(rows: dict, setting: dict, model: str) -> None:
     print(f"{setting['budget']:.0%} FLOPs, {setting['trials']} trials, {setting['epochs']} fine-tune epochs on "
           f"{setting['fraction']:.0%} of train in total; final-check mAP50-95 (500 test images)")
     print(f"{'method':<18} {'seeds':>5} {'mean':>7} {'std':>7}  per seed")
     for method in METHODS:
-        v = [r["final_map50_95"] for r in rows.values()
-             if r["method"] == method and all(r[k] == setting[k] for k in setting)]
+        v = [r["final_map50_95"] for r in rows.values() if r["method"] == method
+             and r.get("model", "default") == model and all(r[k] == setting[k] for k in setting)]
         if v:
             print(f"{method:<18} {len(v):>5} {np.mean(v):>7.4f} {np.std(v):>7.4f}  " + " ".join(f"{x:.4f}" for x in v))
 

@@ -36,3 +36,4 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert pruned["flops"] < original["flops"] and tuned["params"] == pruned["params"]
     page = (tmp_path / "demo" / "report.html").read_text()
     assert page.count("<img") == 3 and "pruned + fine-tuned" in page
+    assert result["search"]["regime"] in ("redundant", "collapsed") and "regime: " in page and "--stages" in page

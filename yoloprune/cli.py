@@ -130,7 +130,8 @@ def cmd_search(args) -> None:
             f"run folder  {summary['run_dir']}  ({summary['stages']} stage(s), {summary['trials']} trials, "
             f"{summary['strategy']}, score {summary['score']})",
             *[f"stage {k}     FLOPs kept {s['best']['flops_ratio']:.1%} of its input, search-slice mAP50-95 "
-              f"{s['best']['map50_95']:.4f}, after recovery {s.get('finetuned_final_check_map50_95', float('nan')):.4f} "
+              f"{s['best']['map50_95']:.4f}, after recovery "
+              f"{s.get('finetuned_final_check_map50_95', float('nan')):.4f} "
               f"on the final-check images ({s['regime']})" for k, s in enumerate(summary["stage_summaries"], 1)],
             f"final       FLOPs kept {summary['flops_ratio']:.1%}, mAP50-95 {summary['final_check_map50_95']:.4f} on "
             f"{summary['final_check_images']} final-check images",

@@ -45,6 +45,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda 
                                       project=str(out / "search")),
                          on_trial=lambda t, best, n: log(f"  trial {t['trial'] + 1}/{n}: mAP50-95 "
                                                          f"{t['map50_95']:.4f} (best {best['map50_95']:.4f})"))
+    log(regime_line(summary))
     pruned = Path(summary["pruned"])
     log(f"fine-tuning the pruned model ({p['epochs']} epoch on {p['fraction']:.0%} of train)")
     tuned = finetune(pruned, data.yaml_path, p["epochs"], fraction=p["fraction"], project=str(out / "finetune"),
@@ -65,6 +66,18 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda 
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     write_report(result, Path(summary["run_dir"]), out / "report.html")
     return result
+
+
+def regime_line(summary: dict) -> str:
+    """Which regime the search found itself in, and what that means."""
+    share = summary.get("best_initial_share")
+    if share is None:
+        return "regime: unscored (the unpruned model scores 0 on the search slice)"
+    if summary["regime"] == "redundant":
+        return (f"regime: redundant (the best initial candidate keeps {share:.0%} of the unpruned mAP): scoring "
+                f"candidates without retraining has signal here")
+    return (f"regime: collapsed (the best initial candidate keeps {share:.0%} of the unpruned mAP): prune in stages "
+            f"with recovery (--stages) for deep budgets on small converged models")
 
 
 def format_table(rows: list[dict]) -> list[str]:
@@ -96,6 +109,9 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:10
 <p>Default detector on the synthetic shapes data, searched at {result['target_flops']:.0%} FLOPs with
 {s['trials']} trials ({html.escape(s['strategy'])}), run folder <code>{html.escape(s['run_dir'])}</code>.
 mAP on the test split (pycocotools); latency in ONNX Runtime on this CPU.</p>
+<p>{html.escape(regime_line(s))}. Redundant models (COCO l-size models, this default) can be scored
+without retraining; small converged models cut to deep budgets collapse and need the staged search
+(<code>yoloprune search --stages K</code>, a search and a recovery fine-tune per step).</p>
 <table><tr>{head}</tr>{body}</table>
 <h2>Search</h2>{img('progress.png')}{img('map_vs_flops.png')}{img('best_rates.png')}
 <h2>Best rates (fraction of channels removed)</h2><table>{rates}</table></body></html>"""
