@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,3 +120,4 @@ def test_search_joins_a_running_cluster_and_writes_the_same_run_format(tmp_path,
                 os.killpg(head.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            shutil.rmtree(temp, ignore_errors=True)
