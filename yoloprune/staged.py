@@ -87,6 +87,8 @@ def run_staged(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     run_dir = run_dir_for(cfg)
     sha = api.checkpoint.file_sha256(cfg.weights) if Path(cfg.weights).is_file() else None
     meta = {**asdict(cfg), "weights_sha256": sha}
+    original = api.load(cfg.weights, cfg.imgsz)  # a missing or foreign file fails before anything is written
+    original_space = api.analyse(original, cfg.round_to)
     if cfg.resume:
         old = json.loads((run_dir / "meta.json").read_text())
         diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
@@ -94,13 +96,12 @@ def run_staged(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
             raise UserError(f"cannot resume {run_dir}: its {', '.join(diff)} differ from this command's")
         stages = old["stages_resolved"]
     else:
-        Budget(api.analyse(api.load(cfg.weights, cfg.imgsz), cfg.round_to), cfg.target_flops)  # feasible at all?
+        Budget(original_space, cfg.target_flops)  # feasible at all?
         stages = auto_stages(cfg, log) if cfg.stages == "auto" else cfg.stages
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "meta.json", {**meta, "stages_resolved": stages})
 
-    original = api.load(cfg.weights, cfg.imgsz)
-    base_flops = api.analyse(original, cfg.round_to).flops()[0]
+    base_flops = original_space.flops()[0]
     weights, summaries = cfg.weights, []
     for k in range(1, stages + 1):
         stage_dir = run_dir / f"stage{k}"
