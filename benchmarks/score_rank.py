@@ -5,7 +5,8 @@ score the search offers, plus mAP with stale BatchNorm statistics (no recalibrat
 EagleEye baseline); then fine-tunes each with the same schedule (Ultralytics' trainer) and
 prints the Spearman rank correlation of each score with the fine-tuned test mAP, and the
 cost of each score per candidate. One line per candidate in results/score_rank.jsonl (rerun
-to continue); a summary per budget in results/score_rank_<budget>.json.
+to continue; a finished candidate that lacks a newer score variant is scored again, not fine-tuned
+again); a summary per budget in results/score_rank_<budget>.json.
 
     python benchmarks/score_rank.py --budget 0.3 [--candidates 20] [--spread 0.1] [--epochs 1 --fraction 0.25]
 """
@@ -33,8 +34,10 @@ from yoloprune.pruner import prune
 from yoloprune.scores import SCORES
 
 TEST_IMAGES = 300
-# every search score, and `map` with BN recalibrated on 64 instead of 200 images (a cheaper trial)
-VARIANTS = {**{s: {"score": s} for s in SCORES}, "map_calib64": {"score": "map", "calib_images": 64}}
+# every search score, and `map` with BN recalibrated on 64 or 32 instead of 200 images (cheaper trials)
+VARIANTS = {**{s: {"score": s} for s in SCORES}, "map_calib64": {"score": "map", "calib_images": 64},
+            "map_calib32": {"score": "map", "calib_images": 32}}
+PROVENANCE = ("unit", "date", "command", "machine", "cpus", "versions")
 
 
 def main() -> None:
@@ -56,20 +59,20 @@ def main() -> None:
     cands = candidates(budget, len(space.groups), args.candidates, args.spread)
     for k, rates in enumerate(cands):
         unit = f"{args.budget}/{args.spread}/{k}/{args.epochs}/{args.fraction}"
-        if unit in log.done():
+        finished = log.done().get(unit)
+        todo = [n for n in ("stale_bn", *VARIANTS) if finished is None or f"score_{n}" not in finished]
+        if not todo:
             continue
         evaluators = evaluators or {name: TrialEvaluator(data.yaml_path, loaded.model.names, loaded.imgsz,
                                                          reference=loaded.model, **kw) for name, kw in VARIANTS.items()}
-        search = evaluators["map"]
         rate_dict = dict(zip(space.names, map(float, rates)))
         pruned = prune(loaded.model, space, rate_dict)
-        t = time.perf_counter()
-        row = {"score_stale_bn": evaluate(copy.deepcopy(pruned), search.search, loaded.imgsz,
-                                          images=search.search_images).map50_95}
-        seconds = {"stale_bn": time.perf_counter() - t}
-        for name, ev in evaluators.items():
-            r = ev.score(copy.deepcopy(pruned))
-            row[f"score_{name}"], seconds[name] = r.score, r.seconds
+        row, seconds = score(pruned, todo, evaluators, loaded.imgsz)
+        if finished is not None:  # fine-tuned already: add the new scores only
+            kept = {key: v for key, v in finished.items() if key not in PROVENANCE}
+            log.append(unit, {**kept, **row, "score_seconds": {**finished["score_seconds"], **seconds}})
+            print(f"candidate {k}: rescored " + "  ".join(f"{n[6:]} {v:.4f}" for n, v in row.items()), flush=True)
+            continue
         tmp = Path(tempfile.mkdtemp())
         try:
             result = api.PruneResult(pruned, rate_dict, 0.0, 0.0, 0, 0, DEFAULT_CRITERION)
@@ -84,6 +87,22 @@ def main() -> None:
         print(f"candidate {k}: " + "  ".join(f"{n[6:]} {v:.4f}" for n, v in row.items()) + f"  fine-tuned {tuned:.4f}",
               flush=True)
     summarise(log, args.budget, args.spread, schedule)
+
+
+def score(pruned, names: list[str], evaluators: dict[str, TrialEvaluator], imgsz: int) -> tuple[dict, dict]:
+    """Each named score of a pruned model (`stale_bn`: mAP on the search slice, BN statistics as pruned) and
+    its cost in seconds."""
+    row, seconds = {}, {}
+    for name in names:
+        if name == "stale_bn":
+            search, t = evaluators["map"], time.perf_counter()
+            row["score_stale_bn"] = evaluate(copy.deepcopy(pruned), search.search, imgsz,
+                                             images=search.search_images).map50_95
+            seconds[name] = time.perf_counter() - t
+        else:
+            r = evaluators[name].score(copy.deepcopy(pruned))
+            row[f"score_{name}"], seconds[name] = r.score, r.seconds
+    return row, seconds
 
 
 def candidates(budget: Budget, groups: int, n: int, spread: float) -> np.ndarray:
