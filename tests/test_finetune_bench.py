@@ -27,12 +27,14 @@ def pruned_tiny(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_finetune_keeps_shapes_and_reloads(tmp_path, pruned_tiny, tiny_data):
+def test_finetune_keeps_shapes_and_reloads(tmp_path, monkeypatch, pruned_tiny, tiny_data):
     from ultralytics import YOLO
 
     from yoloprune.finetune import finetune
 
-    best = finetune(pruned_tiny, tiny_data.yaml_path, 1, project=str(tmp_path), name="ft", workers=0, batch=8)
+    monkeypatch.chdir(tmp_path)  # a relative project lands where it says, not under runs/detect/
+    best = finetune(pruned_tiny, tiny_data.yaml_path, 1, project="out", name="ft", workers=0, batch=8)
+    assert best.resolve().is_relative_to(tmp_path / "out" / "ft")
     before, after = api.load(pruned_tiny).model, YOLO(str(best)).model
     assert shapes(before) == shapes(after)
     full = DetectionModel("yolov8n.yaml", nc=10, verbose=False)

@@ -50,6 +50,8 @@ def finetune(weights: str | Path, data: str | Path, epochs: int = 10, **override
     args = {**FINETUNE_DEFAULTS, "model": str(weights), "data": str(data), "epochs": epochs, "device": "cpu",
             "imgsz": overrides.pop("imgsz", None) or train_args.get("imgsz", 640), "exist_ok": False}
     args.update({k: v for k, v in overrides.items() if v is not None})
+    if args.get("project"):  # Ultralytics re-roots a relative project under runs/detect/
+        args["project"] = str(Path(args["project"]).resolve())
     trainer = PrunedDetectionTrainer(overrides=args)
     with torch_threads():
         trainer.train()
