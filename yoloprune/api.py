@@ -12,6 +12,7 @@ import yaml
 from yoloprune import checkpoint
 from yoloprune.errors import UserError
 from yoloprune.importance import CRITERIA, DEFAULT_CRITERION
+from yoloprune.scores import CALIB_IMAGES
 from yoloprune.space import PruneSpace, analyse as _analyse
 
 
@@ -116,7 +117,7 @@ def save_pruned(result: PruneResult, loaded: LoadedModel, out: str | Path, extra
 
 def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_images: int | None = None,
              imgsz: int | None = None, batch: int = 32, slice_seed: int | None = None, recalibrate: bool = False,
-             calib_images: int = 200, image_dir: str | None = None):
+             calib_images: int = CALIB_IMAGES, image_dir: str | None = None):
     """mAP50-95 and mAP50 (pycocotools) of a model (.pt, or an exported .onnx) on a slice of a data set's split."""
     from yoloprune.data import load_split, subset, take_slice
     from yoloprune.evaluate import OnnxDetector, calibration_batches, evaluate as run_eval, recalibrate_bn

@@ -210,7 +210,7 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from yoloprune.importance import CRITERIA, DEFAULT_CRITERION
-    from yoloprune.scores import SCORES
+    from yoloprune.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
 
     parser = argparse.ArgumentParser(prog="yoloprune", description="Structured pruning of Ultralytics YOLO detectors "
                                      "with per-group rates found by Bayesian optimisation.")
@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--device", default="cpu", choices=["cpu"], help="inference device (CPU only in this version)")
     p.add_argument("--recalibrate", action="store_true", help="re-estimate BatchNorm statistics first")
-    p.add_argument("--calib-images", type=int, default=200, help="calibration images for --recalibrate")
+    p.add_argument("--calib-images", type=int, default=CALIB_IMAGES,
+                   help=f"calibration images for --recalibrate (default {CALIB_IMAGES})")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("search", help="Bayesian optimisation of per-group prune rates under a FLOPs and/or "
@@ -267,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=60, help="evaluations, initial design included (default 60)")
     p.add_argument("--strategy", default="hdbo", help="hdbo (default), bocr, saas, random, uniform, global")
     p.add_argument("--val-images", type=int, default=200, help="search slice size (default 200)")
-    p.add_argument("--calib-images", type=int, default=200, help="BN calibration images (default 200)")
+    p.add_argument("--calib-images", type=int, default=CALIB_IMAGES,
+                   help=f"BN calibration images per candidate (default {CALIB_IMAGES})")
     p.add_argument("--no-recalibrate", action="store_true", help="score candidates with stale BN statistics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--criterion", default=DEFAULT_CRITERION, choices=CRITERIA,
@@ -280,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune the best candidate this many epochs at the end (Ultralytics trainer; default 0)")
     p.add_argument("--finetune-fraction", type=float, default=1.0,
                    help="share of the train split each fine-tune or recovery epoch uses (default 1.0)")
-    p.add_argument("--score", default="map", choices=SCORES,
+    p.add_argument("--score", default=DEFAULT_SCORE, choices=SCORES,
                    help="what a candidate is worth: map (mAP after BN recalibration, default), recovered (mAP after "
                         "a short identical recovery, ~4x the cost; for collapsed small models), agreement (class-map "
                         "similarity with the unpruned model)")

@@ -26,7 +26,7 @@ import torchvision  # noqa: F401  Ultralytics' NMS uses torchvision's kernel onl
 
 from yoloprune.data import DetSplit, dataset_yaml, load_split, split_images, split_paths, subset, take_slice
 from yoloprune.errors import UserError
-from yoloprune.scores import agreement, class_maps, short_recovery
+from yoloprune.scores import CALIB_IMAGES, agreement, class_maps, short_recovery
 
 CONF, IOU, MAX_DET = 0.001, 0.7, 100
 
@@ -283,7 +283,7 @@ class TrialEvaluator:
     """
 
     def __init__(self, data: str | Path, model_names: dict[int, str], imgsz: int, val_images: int = 200,
-                 calib_images: int = 200, calib_split: str | None = None, recalibrate: bool = True,
+                 calib_images: int = CALIB_IMAGES, calib_split: str | None = None, recalibrate: bool = True,
                  slice_seed: int | None = None, batch: int = 32, final_images: int | None = 500,
                  final_split: str | None = None, score: str = "map", reference: nn.Module | None = None) -> None:
         from yoloprune.scores import SCORES

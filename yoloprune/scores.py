@@ -20,6 +20,9 @@ import torch.nn as nn
 
 SCORES = ("map", "recovered", "agreement")
 DEFAULT_SCORE = "map"
+# BN calibration images per candidate: 32 ranked candidates as well as 200 at 30% and 50% FLOPs
+# (benchmarks/score_rank.py) and cut a trial from 1.36x to 0.70x `YOLO.val` (benchmarks/eval_speed.py)
+CALIB_IMAGES = 32
 RECOVERY_STEPS = 20
 RECOVERY_LR = 0.01  # per nominal batch of 64 images, as Ultralytics scales its loss (measured: above 0.002)
 NOMINAL_BATCH = 64

@@ -25,7 +25,7 @@ from yoloprune.evaluate import TrialEvaluator, evaluate
 from yoloprune.importance import CRITERIA, DEFAULT_CRITERION, unit_scores
 from yoloprune.latency import LatencyModel, cache_dir, latency_model, measure
 from yoloprune.parallel import CandidateScorer, LocalPool, RayPool, ScorerSpec, check_parallel
-from yoloprune.scores import DEFAULT_SCORE, SCORES
+from yoloprune.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
                                   make_strategy)
 from yoloprune.threads import torch_threads
@@ -45,7 +45,7 @@ class SearchConfig:
     trials: int = 60
     strategy: str = "hdbo"
     val_images: int = 200
-    calib_images: int = 200
+    calib_images: int = CALIB_IMAGES
     imgsz: int | None = None
     seed: int = 0
     criterion: str = DEFAULT_CRITERION
