@@ -24,6 +24,7 @@ from yoloprune.latency import latency_model, measure
 from yoloprune.search import SearchConfig, run_search
 
 THREADS = 1
+CALIB_IMAGES = 200  # the setting of the first units (seed 0), kept so every seed compares alike
 
 
 def main() -> None:
@@ -59,7 +60,8 @@ def main() -> None:
             run = Path("benchmarks/runs/latency") / key.replace("/", "-")
             shutil.rmtree(run, ignore_errors=True)
             s = run_search(SearchConfig(str(DEFAULT_WEIGHTS), str(data.yaml_path), trials=args.trials, seed=seed,
-                                        project=str(run.parent), name=run.name, **budget), log=print)
+                                        calib_images=CALIB_IMAGES, project=str(run.parent), name=run.name, **budget),
+                           log=print)
             ms = s["measured_latency_ms"]
             if ms is None:
                 ms = float(measure(loaded, space, space.rates_vector(s["best"]["rates"])[None], THREADS, runs=50)[0])
