@@ -76,8 +76,8 @@ def regime_line(summary: dict) -> str:
     if summary["regime"] == "redundant":
         return (f"regime: redundant (the best initial candidate keeps {share:.0%} of the unpruned mAP): scoring "
                 f"candidates without retraining has signal here")
-    return (f"regime: collapsed (the best initial candidate keeps {share:.0%} of the unpruned mAP): prune in stages "
-            f"with recovery (--stages) for deep budgets on small converged models")
+    return (f"regime: collapsed (the best initial candidate keeps {share:.0%} of the unpruned mAP): scores without "
+            f"retraining are small here; if the search's best stays low, compare staged pruning (--stages)")
 
 
 def format_table(rows: list[dict]) -> list[str]:

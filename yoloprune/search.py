@@ -213,15 +213,16 @@ def unpruned_map(loaded, evaluator: TrialEvaluator) -> float:
 
 def classify_regime(first_maps: list[float], reference: float, log=None) -> dict:
     """Redundant or collapsed? The best of the first candidates (the initial design) as a share of the unpruned
-    model's mAP. Under COLLAPSE_SHARE, scores without recovery carry little signal: say so and name the remedy."""
+    model's mAP. Under COLLAPSE_SHARE, scores without recovery are small and may carry little signal: say so and
+    name the alternatives (measured: hdbo still climbed out of this regime on the small converged model)."""
     best = max(first_maps)
     share = best / reference if reference > 0 else None
     collapsed = share is not None and share < COLLAPSE_SHARE  # an unpruned model scoring 0 tells nothing
     if collapsed and log:
         log(f"warning: the best of the first {len(first_maps)} candidates keeps {share:.0%} of the unpruned mAP50-95 "
-            f"({best:.3f} of {reference:.3f}): one-shot pruning collapses at this budget and the score has little "
-            f"signal. Prune in steps with recovery (--stages auto or --stages K) or score after a short recovery "
-            f"(--score recovered)")
+            f"({best:.3f} of {reference:.3f}): one-shot pruning collapses at this budget and scores may carry "
+            f"little signal. The search goes on; if its best stays low, compare pruning in steps with recovery "
+            f"(--stages auto or --stages K) or scoring after a short recovery (--score recovered)")
     regime = "collapsed" if collapsed else "redundant" if share is not None else "unscored"
     return {"regime": regime, "unpruned_map50_95": reference, "best_initial_map50_95": best,
             "best_initial_share": share}
