@@ -13,7 +13,8 @@ from yoloprune import api
 from yoloprune.budget import Budget
 from yoloprune.checkpoint import save_checkpoint
 from yoloprune.errors import UserError
-from yoloprune.latency import features, fit, measure, sample_rates
+from yoloprune import latency
+from yoloprune.latency import features, fit, latency_model, measure, sample_rates
 from yoloprune.space import analyse
 
 
@@ -64,6 +65,29 @@ def test_projection_lands_just_under_a_latency_limit(linear_model, space):
         Budget(space, None, latency=linear_model, max_latency_ms=1e-6)
     with pytest.raises(UserError, match="--target-flops, --max-latency-ms"):
         Budget(space, None)
+
+
+def test_cached_fit_is_refitted_when_the_machine_speed_changed(tmp_path, monkeypatch, space):
+    levels = sorted({float(a) for a in space.conv_area}, reverse=True)
+    true = np.linspace(0.5, 2.0, 1 + 2 * len(levels))
+    machine = {"speed": 1.0, "calls": 0}
+
+    def measured(loaded, space, rates, threads, **kw):  # a machine whose latency is linear in the features
+        machine["calls"] += 1
+        return features(space, rates, levels) @ true / machine["speed"]
+
+    monkeypatch.setenv("YOLOPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(latency, "measure", measured)
+    unpruned = np.zeros((1, len(space.groups)))
+    first = latency_model(None, space, 1, "sha", models=30)
+    assert latency_model(None, space, 1, "sha", models=30).coef == first.coef, "same speed: the cached fit"
+    machine["speed"] = 1.05  # within the drift allowance: still the cache
+    assert latency_model(None, space, 1, "sha", models=30).coef == first.coef
+    machine["speed"], said = 1 / 1.4, []
+    slower = latency_model(None, space, 1, "sha", models=30, log=said.append)
+    assert slower.predict(space, unpruned)[0] == pytest.approx(1.4 * first.predict(space, unpruned)[0], rel=1e-3)
+    assert any("speed has changed" in m for m in said)
+    assert latency_model(None, space, 1, "sha", models=30).coef == slower.coef, "the refit replaced the cache"
 
 
 @pytest.mark.slow

@@ -2,12 +2,13 @@
 
 Fitted once per model, machine, ORT thread count, image size and round-to, on whole pruned
 models of the user's model, each exported by Ultralytics and timed in ONNX Runtime, and cached
-under ~/.cache/yoloprune/latency/ ($YOLOPRUNE_CACHE moves it). A fit over whole models sees
-what ORT fuses and how its kernels block channels; a per-layer table would not. The estimate is linear, with non-negative
-weights, in a constant plus, per output resolution, the conv FLOPs and the activation volume
-written: early high-resolution layers cost more per FLOP than late ones. A share of the models
-is held out to measure the estimate's error; its 90th percentile becomes the margin the budget
-keeps.
+under ~/.cache/yoloprune/latency/ ($YOLOPRUNE_CACHE moves it); every use first measures the
+unpruned model and fits again when the machine's speed has moved. A fit over whole models sees
+what ORT fuses and how its kernels block channels; a per-layer table would not. The estimate is
+linear, with non-negative weights, in a constant plus, per output resolution, the conv FLOPs and
+the activation volume written: early high-resolution layers cost more per FLOP than late ones.
+A share of the models is held out to measure the estimate's error; its 90th percentile becomes
+the margin the budget keeps.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from yoloprune.errors import UserError
 from yoloprune.space import PruneSpace
 
 MIN_MARGIN = 0.02
+# a cached fit is kept while it predicts the unpruned model, measured now, within max(DRIFT, 2 x its margin):
+# a shared or throttled machine can run 1.4x slower on another day (measured here), and not uniformly so
+DRIFT = 0.10
 FORMAT = 1  # cache entries of another format are refitted
 
 
@@ -157,14 +161,21 @@ def cache_dir() -> Path:
 
 def latency_model(loaded, space: PruneSpace, threads: int, weights_sha256: str, models: int = 60,
                   log: Callable[[str], None] | None = None) -> LatencyModel:
-    """The cached latency model for this model, machine, thread count and image size, fitted if missing
-    (`models` measured, a third of them, at most 20, held out to measure the error)."""
+    """The cached latency model for this model, machine, thread count and image size, fitted if missing or if
+    the machine's speed has changed since (`models` measured, a third of them, at most 20, held out to measure
+    the error)."""
     key = {**cache_key(weights_sha256, space, threads), "models": models}
     path = cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
     try:
         cached = LatencyModel.load(path)
         if cached.key == key:
-            return cached
+            unpruned = space.realised_rates(np.zeros((1, len(space.groups))))
+            now, said = float(measure(loaded, space, unpruned, threads)[0]), float(cached.predict(space, unpruned)[0])
+            if abs(now / said - 1.0) <= max(DRIFT, 2 * cached.margin):
+                return cached
+            if log:
+                log(f"latency model: the unpruned model measures {now:.2f} ms, the cached fit says {said:.2f} ms: "
+                    f"this machine's speed has changed; fitting again")
     except (OSError, ValueError, TypeError):  # missing, torn or of another format: fit again
         pass
     held_out = max(1, min(20, models // 3))
