@@ -10,6 +10,8 @@ the latency implies) whose best model MEASURES within L, seed by seed. One line 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -38,13 +40,14 @@ def main() -> None:
     loaded = api.load(DEFAULT_WEIGHTS)
     space = api.analyse(loaded)
     model = latency_model(loaded, space, THREADS, file_sha256(DEFAULT_WEIGHTS), log=print)
-    done = log.done()
-    if "reference" not in done:
+    # one reference per latency fit: a machine whose speed moved gets a new fit (latency.DRIFT), a new limit, new units
+    ref_key = "reference/" + hashlib.sha256(json.dumps(model.coef).encode()).hexdigest()[:8]
+    if ref_key not in log.done():
         unpruned = float(measure(loaded, space, np.zeros((1, len(space.groups))), THREADS, runs=100)[0])
-        log.append("reference", {"unpruned_ms": unpruned, "held_out": model.held_out, "margin": model.margin,
-                                 "threads": THREADS})
-        done = log.done()
-    limit = round(done["reference"]["unpruned_ms"] / args.speedup, 2)
+        log.append(ref_key, {"unpruned_ms": unpruned, "held_out": model.held_out, "margin": model.margin,
+                             "threads": THREADS})
+    ref = log.done()[ref_key]
+    limit = round(ref["unpruned_ms"] / args.speedup, 2)
     at_limit = Budget(space, None, latency=model, max_latency_ms=limit)
     uniform_at_limit = at_limit.project(np.zeros((1, len(space.groups))))
     implied = float(space.flops_ratio(uniform_at_limit)[0])
@@ -68,16 +71,15 @@ def main() -> None:
             log.append(key, {"search": unit, "seed": seed, "limit_ms": limit, **budget, "measured_ms": ms,
                              "meets_limit": ms <= limit, "flops_ratio": s["best"]["flops_ratio"],
                              "final_check_map50_95": s["best"]["final_check_map50_95"], "trials": s["trials"]})
-    print_table(log.done(), limit)
+    print_table(log.done(), ref, limit)
 
 
-def print_table(rows: dict[str, dict], limit: float) -> None:
-    ref = rows["reference"]
+def print_table(rows: dict[str, dict], ref: dict, limit: float) -> None:
     h = ref["held_out"]
     print(f"latency model ({ref['threads']} thread): held-out median relative error {h['median_rel_error']:.1%}, "
           f"max {h['max_rel_error']:.1%} over {h['models']} pruned models; unpruned {ref['unpruned_ms']:.2f} ms")
     print(f"budget {limit} ms")
-    searches = [r for k, r in rows.items() if k != "reference" and r["limit_ms"] == limit]
+    searches = [r for k, r in rows.items() if not k.startswith("reference") and r["limit_ms"] == limit]
     for r in searches:
         print(f"{r['search']:<14} seed {r.get('seed', 0)} {r['trials']:>3} trials  FLOPs kept {r['flops_ratio']:.3f}  "
               f"measured {r['measured_ms']:.2f} ms ({'meets' if r['meets_limit'] else 'OVER'})  "
