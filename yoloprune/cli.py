@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the train split each fine-tune or recovery epoch uses (default 1.0)")
     p.add_argument("--score", default=DEFAULT_SCORE, choices=SCORES,
                    help="what a candidate is worth: map (mAP after BN recalibration, default), recovered (mAP after "
-                        "a short identical recovery, ~4x the cost; for collapsed small models), agreement (class-map "
+                        "a short identical recovery, 6-15x the cost; for collapsed small models), agreement (class-map "
                         "similarity with the unpruned model)")
     p.add_argument("--stages", default=None,
                    help="reach --target-flops in K steps, each searched, pruned and recovered (--recover-epochs); "
