@@ -7,6 +7,7 @@ same total number of fine-tuning epochs (Ultralytics' trainer, same fraction of 
   oneshot   hdbo search at the budget (T trials), best candidate, then E epochs
   oneshot-recovered   the same with --score recovered
   staged    --stages K: K searches of T/K trials, each stage recovered for E/K epochs
+  oneshot-distill, staged-distill   the same, every fine-tune distilling from the unpruned model
 Final-check mAP50-95 on 500 test images. One line per finished unit (method x seed) in
 results/staged_search.jsonl; rerun to continue.
 
@@ -27,7 +28,7 @@ from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
 from yoloprune.search import SearchConfig, run_search
 from yoloprune.staged import run_staged
 
-METHODS = ("uniform", "oneshot", "staged", "oneshot-recovered")
+METHODS = ("uniform", "oneshot", "staged", "oneshot-recovered", "oneshot-distill", "staged-distill")
 
 
 def main() -> None:
@@ -67,7 +68,9 @@ def main() -> None:
 
 def run_unit(method: str, seed: int, args, data: str, run: Path) -> dict:
     cfg = SearchConfig(args.weights, data, args.budget, trials=args.trials, seed=seed,
-                       project=str(run.parent), name=run.name, finetune_fraction=args.fraction)
+                       project=str(run.parent), name=run.name, finetune_fraction=args.fraction,
+                       distill_from=args.weights if method.endswith("-distill") else None)
+    method = method.removesuffix("-distill")
     if method == "staged":
         s = run_staged(SearchConfig(**{**cfg.__dict__, "stages": args.stages,
                                        "recover_epochs": args.epochs // args.stages}))

@@ -42,6 +42,36 @@ def test_finetune_keeps_shapes_and_reloads(tmp_path, monkeypatch, pruned_tiny, t
 
 
 @pytest.mark.slow
+def test_finetune_distils_from_the_unpruned_model(tmp_path, pruned_tiny, tiny_data):
+    import csv
+
+    from ultralytics import YOLO
+
+    from yoloprune.finetune import finetune
+
+    teacher = pruned_tiny.with_name("base.pt")
+    best = finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=teacher, project=str(tmp_path), name="kd",
+                    workers=0, batch=8)
+    rows = list(csv.DictReader(open(tmp_path / "kd" / "results.csv")))
+    dis = [float(v) for k, v in rows[-1].items() if "dis_loss" in k and k.strip().startswith("train")]
+    assert dis and dis[0] > 0  # the feature loss against the teacher was trained on
+    assert shapes(YOLO(str(best)).model) == shapes(api.load(pruned_tiny).model)  # the student alone, pruned
+
+
+def test_finetune_refuses_a_bad_teacher(tmp_path, pruned_tiny, tiny_data):
+    from yoloprune.errors import UserError
+    from yoloprune.finetune import finetune
+
+    with pytest.raises(UserError, match="not found"):
+        finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=tmp_path / "missing.pt", project=str(tmp_path))
+    other = tmp_path / "other.pt"
+    save_checkpoint(DetectionModel("yolov8n.yaml", nc=3, verbose=False), other, {"imgsz": 96}, {})
+    with pytest.raises(UserError, match="classes"):
+        finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=other, project=str(tmp_path))
+    assert not list(tmp_path.rglob("results.csv"))
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not trained yet")
 def test_short_finetune_recovers_map_on_default_problem(tmp_path):
     from yoloprune.defaults import default_dataset

@@ -3,7 +3,9 @@
 `YOLO(pruned.pt).train()` rebuilds the network from `model.yaml` and copies only tensors of
 matching shape, silently undoing the pruning. `PrunedDetectionTrainer.get_model` returns the
 checkpoint's own network instead (resume included), so data pipeline, augmentation, EMA,
-schedulers, checkpoints and validation stay Ultralytics'.
+schedulers, checkpoints and validation stay Ultralytics'. With `distill`, Ultralytics'
+DistillationModel adds a feature loss against a teacher (the unpruned model) at the Detect
+inputs; its checkpoints keep only the student, so the result loads like any other.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class PrunedDetectionTrainer(DetectionTrainer):
         return model
 
 
-def finetune(weights: str | Path, data: str | Path, epochs: int = 10, **overrides) -> Path:
-    """Fine-tune a pruned checkpoint; returns the path of best.pt (same shapes as the input)."""
+def finetune(weights: str | Path, data: str | Path, epochs: int = 10, distill: str | Path | None = None,
+             **overrides) -> Path:
+    """Fine-tune a pruned checkpoint, distilling from the `distill` checkpoint if given; returns the path of
+    best.pt (same shapes as the input)."""
     from yoloprune.checkpoint import load_model
     from yoloprune.data import dataset_yaml
 
@@ -47,6 +51,16 @@ def finetune(weights: str | Path, data: str | Path, epochs: int = 10, **override
         raise UserError(f"fine-tuning needs a .pt checkpoint, got {weights}")
     model, train_args = load_model(weights)  # clear errors for a missing or foreign file
     dataset_yaml(data)
+    if distill is not None:
+        if Path(distill).suffix != ".pt":
+            raise UserError(f"--distill needs the trained .pt checkpoint of the unpruned model, got {distill}")
+        if not Path(distill).is_file():
+            raise UserError(f"teacher checkpoint not found: {distill}")
+        teacher, _ = load_model(distill)
+        if teacher.yaml.get("nc") != model.yaml.get("nc"):
+            raise UserError(f"--distill {distill} predicts {teacher.yaml.get('nc')} classes, the pruned model "
+                            f"{model.yaml.get('nc')}: distil from the model it was pruned from")
+        overrides["distill_model"] = str(Path(distill).resolve())
     args = {**FINETUNE_DEFAULTS, "model": str(weights), "data": str(data), "epochs": epochs, "device": "cpu",
             "imgsz": overrides.pop("imgsz", None) or train_args.get("imgsz", 640), "exist_ok": False}
     args.update({k: v for k, v in overrides.items() if v is not None})
