@@ -14,7 +14,7 @@ from yoloprune.budget import Budget
 from yoloprune.checkpoint import save_checkpoint
 from yoloprune.errors import UserError
 from yoloprune import latency
-from yoloprune.latency import features, fit, latency_model, measure, sample_rates
+from yoloprune.latency import PairedTimer, calibrated, features, fit, latency_model, measure, sample_rates
 from yoloprune.space import analyse
 
 
@@ -67,6 +67,56 @@ def test_projection_lands_just_under_a_latency_limit(linear_model, space):
         Budget(space, None)
 
 
+def test_calibration_rescales_the_fit_to_measured_candidates(linear_model, space):
+    rng = np.random.default_rng(3)
+    rates = sample_rates(space, 6, seed=2)
+    measured = 1.1 * linear_model.predict(space, rates) * (1 + rng.uniform(-0.004, 0.004, 6))
+    two = calibrated(linear_model, space, rates[:2], measured[:2])
+    assert two.scale == pytest.approx(1.1, rel=0.01) and two.margin == linear_model.margin, "too few for a spread"
+    six = calibrated(two, space, rates, measured)  # rescales the fit itself, not the already calibrated model
+    assert six.scale == pytest.approx(1.1, rel=0.01) and six.coef == linear_model.coef
+    assert six.margin == pytest.approx(latency.MIN_LOCAL_MARGIN), "measured neighbours agree within the noise floor"
+    np.testing.assert_allclose(six.predict(space, rates), 1.1 * linear_model.predict(space, rates), rtol=0.01)
+    spread = calibrated(linear_model, space, rates, measured * np.array([1, 1, 1, 1, 1.08, 0.95]))
+    assert spread.margin > 0.04, "scattered measurements widen the margin"
+    limit = float(linear_model.predict(space, np.zeros((1, len(space.groups))))[0]) * 0.7
+    before = Budget(space, None, latency=linear_model, max_latency_ms=limit).project(np.zeros((1, len(space.groups))))
+    after = Budget(space, None, latency=six, max_latency_ms=limit).project(np.zeros((1, len(space.groups))))
+    assert space.flops_ratio(after)[0] < space.flops_ratio(before)[0], "a slower machine than the fit: prune deeper"
+
+
+class FakeSession:
+    """An ONNX Runtime session whose run advances a fake clock by its cost times the machine's slowness."""
+
+    clock = [0.0]
+    slowness = [1.0]
+
+    def __init__(self, cost_ms):
+        self.cost_ms = cost_ms
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": "images"})]
+
+    def run(self, outputs, feeds):
+        self.clock[0] += self.cost_ms * self.slowness[0] / 1e3
+
+
+def test_paired_timer_cancels_machine_drift(monkeypatch, space):
+    costs = {"unpruned": 10.0, "c": 6.0}
+    monkeypatch.setattr(latency, "_export_rates", lambda loaded, space, row, out_dir, label: label)
+    monkeypatch.setattr("yoloprune.bench.session", lambda path, threads: FakeSession(costs[path]))
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: FakeSession.clock[0])
+    FakeSession.slowness[0] = 1.0
+    timer = PairedTimer(None, space, threads=1, runs=5, warmup=1)
+    try:
+        assert timer.unpruned_ms == pytest.approx(10.0)
+        FakeSession.slowness[0] = 1.5  # the machine slows down after the search started
+        assert timer.measure(np.zeros(len(space.groups))) == pytest.approx(6.0), "in the start's ms, drift removed"
+    finally:
+        timer.close()
+    assert not timer.tmp.exists()
+
+
 def test_cached_fit_is_refitted_when_the_machine_speed_changed(tmp_path, monkeypatch, space):
     levels = sorted({float(a) for a in space.conv_area}, reverse=True)
     true = np.linspace(0.5, 2.0, 1 + 2 * len(levels))
@@ -104,13 +154,28 @@ def test_search_final_model_measures_within_the_latency_limit(tmp_path, tiny_dat
     env = {**os.environ, "YOLOPRUNE_CACHE": str(tmp_path / "cache")}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     if out.returncode == 2:  # a noisy machine may leave no trial measurably under the limit: said, not hidden
-        assert "measured within --max-latency-ms" in out.stderr and "Traceback" not in out.stderr
+        assert "measured within the latency budget" in out.stderr and "Traceback" not in out.stderr
         return
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout)
     assert summary["measured_latency_ms"] <= limit
     assert (tmp_path / "runs" / "exp" / "latency_model.json").exists()
     assert list((tmp_path / "cache" / "latency").glob("*.json")), "the fit is cached for the next search"
+    first = json.loads((tmp_path / "runs" / "exp" / "trials.jsonl").read_text().splitlines()[0])
+    assert first["latency_ms_measured"] > 0, "the first incumbent is measured and calibrates the estimate"
+    assert summary["latency_calibration"]["measured"] >= 1 and summary["unpruned_latency_ms"] > limit
+    at = cmd.index("--max-latency-ms")
+    relative_cmd = cmd[:at] + ["--min-speedup", "1.15"] + cmd[at + 2:-1] + ["--name", "speed", "--json"]
+    speed = subprocess.run(relative_cmd, capture_output=True, text=True, timeout=900, env=env)
+    if speed.returncode == 0:
+        relative = json.loads(speed.stdout)
+        assert relative["max_latency_ms"] == pytest.approx(relative["unpruned_latency_ms"] / 1.15)
+        assert relative["measured_latency_ms"] <= relative["max_latency_ms"]
+    else:
+        assert speed.returncode == 2 and "measured within the latency budget" in speed.stderr, speed.stderr[-2000:]
+    slow = subprocess.run(cmd[:-1] + ["--min-speedup", "1.0", "--name", "slow"], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert slow.returncode == 2 and "--min-speedup" in slow.stderr and not (tmp_path / "runs" / "slow").exists()
     bad = subprocess.run(cmd[:-1] + ["--latency-threads", "0", "--name", "bad"], capture_output=True, text=True,
                          timeout=600, env=env)
     assert bad.returncode == 2 and "--latency-threads" in bad.stderr

@@ -115,6 +115,7 @@ def test_resume_refuses_a_different_budget(tmp_path, tiny_weights, tiny_data):
     (["--target-flops", "1.0"], "(0, 1)"),
     (["--trials", "0"], "--trials"),
     (["--strategy", "magic"], "unknown strategy"),
+    (["--distill"], "--finetune-epochs"),
 ])
 def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):
     cmd = search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs")
@@ -154,7 +155,8 @@ def test_search_finetunes_the_best_candidate_when_asked(tmp_path, tiny_weights, 
     from yoloprune import api
 
     out = subprocess.run(search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--strategy", "uniform",
-                                    "--finetune-epochs", "1", "--json"), capture_output=True, text=True, timeout=900)
+                                    "--finetune-epochs", "1", "--distill", "--json"),
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout)
     tuned, pruned = api.load(summary["finetuned"]).model, api.load(summary["pruned"]).model

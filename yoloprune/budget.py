@@ -38,8 +38,8 @@ class Budget:
                             f"{np.ceil(floor * 100) / 100:.2f}")
         if max_latency_ms is not None and not self.feasible(space.realised_rates(deepest))[0]:
             fastest = float(latency.predict(space, space.realised_rates(deepest))[0])
-            raise UserError(f"--max-latency-ms {max_latency_ms} is impossible: pruning every group to its limit is "
-                            f"estimated at {fastest:.2f} ms (plus a {latency.margin:.0%} margin) with "
+            raise UserError(f"a latency budget of {max_latency_ms:.2f} ms is impossible: pruning every group to its "
+                            f"limit is estimated at {fastest:.2f} ms (plus a {latency.margin:.0%} margin) with "
                             f"{latency.threads} thread(s)")
 
     def ratio(self, rates: np.ndarray) -> np.ndarray:

@@ -97,13 +97,15 @@ def cmd_search(args) -> None:
     from yoloprune.search import SearchConfig, run_search
 
     cfg = SearchConfig(weights=args.weights, data=args.data, target_flops=args.target_flops,
-                       max_latency_ms=args.max_latency_ms, latency_threads=args.latency_threads,
+                       max_latency_ms=args.max_latency_ms, min_speedup=args.min_speedup,
+                       latency_threads=args.latency_threads,
                        latency_models=args.latency_models, trials=args.trials,
                        strategy=args.strategy, val_images=args.val_images, calib_images=args.calib_images,
                        imgsz=args.imgsz, seed=args.seed, criterion=args.criterion, round_to=args.round_to,
                        recalibrate=not args.no_recalibrate, project=args.project, name=args.name, resume=args.resume,
                        finetune_epochs=args.finetune_epochs, finetune_fraction=args.finetune_fraction,
-                       score=args.score, stages=_stages(args.stages), recover_epochs=args.recover_epochs,
+                       distill_from=args.weights if args.distill else None, score=args.score,
+                       stages=_stages(args.stages), recover_epochs=args.recover_epochs,
                        workers=args.workers, worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus,
                        ray_address=args.ray_address)
     bar = None
@@ -189,9 +191,9 @@ def cmd_finetune(args) -> None:
     from yoloprune.finetune import finetune
 
     before = api.load(args.weights)
-    best = finetune(args.weights, args.data, args.epochs, imgsz=args.imgsz, batch=args.batch, lr0=args.lr0,
-                    warmup_epochs=args.warmup_epochs, workers=args.workers, project=args.project, name=args.name,
-                    fraction=args.fraction, resume=args.resume or None, verbose=not args.json)
+    best = finetune(args.weights, args.data, args.epochs, distill=args.distill, imgsz=args.imgsz, batch=args.batch,
+                    lr0=args.lr0, warmup_epochs=args.warmup_epochs, workers=args.workers, project=args.project,
+                    name=args.name, fraction=args.fraction, resume=args.resume or None, verbose=not args.json)
     after = api.load(best)
     shapes = lambda m: [tuple(p.shape) for p in m.parameters()]  # noqa: E731
     payload = {"weights": args.weights, "best": str(best), "params_before": api.param_count(before.model),
@@ -262,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency-ms", type=float, default=None,
                    help="ONNX Runtime latency budget (batch 1) the final model must MEASURE within; alone or with "
                         "--target-flops. The first search fits a latency model on this machine (minutes; cached)")
+    p.add_argument("--min-speedup", type=float, default=None,
+                   help="latency budget as a speedup over the unpruned model, both measured here run for run, e.g. "
+                        "1.6 (robust to this machine running faster or slower today); alone or with the others")
     p.add_argument("--latency-threads", type=int, default=1, help="ORT intra-op threads for the latency budget")
     p.add_argument("--latency-models", type=int, default=60,
                    help="pruned models measured to fit the latency model (default 60, a third held out)")
@@ -282,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune the best candidate this many epochs at the end (Ultralytics trainer; default 0)")
     p.add_argument("--finetune-fraction", type=float, default=1.0,
                    help="share of the train split each fine-tune or recovery epoch uses (default 1.0)")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune and recover with knowledge distillation from the unpruned --weights (Ultralytics' "
+                        "DistillationModel: a feature loss at the Detect inputs)")
     p.add_argument("--score", default=DEFAULT_SCORE, choices=SCORES,
                    help="what a candidate is worth: map (mAP after BN recalibration, default), recovered (mAP after "
                         "a short identical recovery, 6-15x the cost; for collapsed small models), agreement (class-map "
@@ -323,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr0", type=float, default=0.002, help="initial SGD learning rate (default 0.002)")
     p.add_argument("--warmup-epochs", type=float, default=0.5)
     p.add_argument("--fraction", type=float, default=1.0, help="share of the train split to use")
+    p.add_argument("--distill", default=None, metavar="TEACHER.pt",
+                   help="distil from this checkpoint, the model it was pruned from (Ultralytics' DistillationModel)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--project", default="runs/finetune")
     p.add_argument("--name", default="exp")

@@ -8,7 +8,13 @@ what ORT fuses and how its kernels block channels; a per-layer table would not. 
 linear, with non-negative weights, in a constant plus, per output resolution, the conv FLOPs and
 the activation volume written: early high-resolution layers cost more per FLOP than late ones.
 A share of the models is held out to measure the estimate's error; its 90th percentile becomes
-the margin the budget keeps.
+the margin the budget keeps until the search has measured candidates of its own.
+
+During a search, `PairedTimer` measures candidates run for run against the unpruned model and
+reports them in the unpruned model's ms as measured when the search started, so machine drift
+cancels; `calibrated` rescales the fit to those measurements, which all lie on the budget
+boundary, and narrows the margin to their spread. A fit over the whole range of budgets carries
+a bias at any one budget (measured: 3-7% under the limit); the calibrated estimate does not.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +36,8 @@ from yoloprune.errors import UserError
 from yoloprune.space import PruneSpace
 
 MIN_MARGIN = 0.02
+MIN_LOCAL_MARGIN = 0.015  # calibrated on measured neighbours: the run-to-run noise of a paired ORT median
+LOCAL_POINTS = 3  # measured candidates before the calibrated margin replaces the fit's
 # a cached fit is kept while it predicts the unpruned model, measured now, within max(DRIFT, 2 x its margin):
 # a shared or throttled machine can run 1.4x slower on another day (measured here), and not uniformly so
 DRIFT = 0.10
@@ -38,13 +46,15 @@ FORMAT = 1  # cache entries of another format are refitted
 
 @dataclass
 class LatencyModel:
-    """ms = coef . features(rates); margin = held-out 90th-percentile relative error (at least MIN_MARGIN)."""
+    """ms = scale x coef . features(rates); margin = held-out 90th-percentile relative error (at least
+    MIN_MARGIN), or the spread of the measured candidates once calibrated."""
 
     key: dict
     levels: list[float]
     coef: list[float]
     margin: float
     held_out: dict
+    scale: float = 1.0
 
     @property
     def threads(self) -> int:
@@ -56,7 +66,20 @@ class LatencyModel:
 
     def predict(self, space: PruneSpace, rates: np.ndarray) -> np.ndarray:
         """Estimated ms for each row of realised rates (B, G)."""
-        return features(space, rates, self.levels) @ np.asarray(self.coef)
+        return self.scale * (features(space, rates, self.levels) @ np.asarray(self.coef))
+
+
+def calibrated(model: LatencyModel, space: PruneSpace, rates: np.ndarray, measured_ms: np.ndarray) -> LatencyModel:
+    """`model` rescaled to candidates measured during the search: scale = median measured / estimated; margin =
+    90th percentile of their relative deviation from that (at least MIN_LOCAL_MARGIN) once LOCAL_POINTS are in."""
+    if len(measured_ms) == 0:
+        return model
+    base = replace(model, scale=1.0).predict(space, np.atleast_2d(rates))
+    ratio = np.asarray(measured_ms, float) / base
+    scale = float(np.median(ratio))
+    margin = (max(MIN_LOCAL_MARGIN, float(np.percentile(np.abs(ratio / scale - 1.0), 90)))
+              if len(ratio) >= LOCAL_POINTS else model.margin)
+    return replace(model, scale=scale, margin=margin)
 
 
 def features(space: PruneSpace, rates: np.ndarray, levels: list[float]) -> np.ndarray:
@@ -106,36 +129,80 @@ def sample_rates(space: PruneSpace, n: int, seed: int = 0) -> np.ndarray:
     return np.array(rows)
 
 
+def _export_rates(loaded, space: PruneSpace, row: np.ndarray, out_dir: Path, label: str) -> Path:
+    from yoloprune import api
+    from yoloprune.bench import export_model
+
+    result = api.prune(loaded, dict(zip(space.names, map(float, row))), space=space)
+    return export_model(result.model, loaded.train_args, space.imgsz, out_dir, label)
+
+
+def _alternate(sessions: list, x: np.ndarray, runs: int, warmup: int) -> list[float]:
+    """Median ms of each ONNX Runtime session, run for run (A B A B ...), after `warmup` rounds."""
+    names = [s.get_inputs()[0].name for s in sessions]
+    times = [[] for _ in sessions]
+    for i in range(warmup + runs):
+        for k, (s, name) in enumerate(zip(sessions, names)):
+            t0 = time.perf_counter()
+            s.run(None, {name: x})
+            if i >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
+def _clear(folder: Path) -> None:
+    for f in folder.iterdir():
+        f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
+
+
 def measure(loaded, space: PruneSpace, rates: np.ndarray, threads: int, runs: int = 30, warmup: int = 5,
             log: Callable[[str], None] | None = None) -> np.ndarray:
     """Median ONNX Runtime ms (batch 1) of the model pruned by each row of `rates`, as Ultralytics exports it."""
-    from yoloprune import api
-    from yoloprune.bench import export_model, session
+    from yoloprune.bench import session
 
     tmp = Path(tempfile.mkdtemp(prefix="yoloprune-latency-"))
     x = np.random.default_rng(0).random((1, 3, space.imgsz, space.imgsz), dtype=np.float32)
     out = []
     try:
         for i, row in enumerate(rates):
-            result = api.prune(loaded, dict(zip(space.names, map(float, row))), space=space)
-            onnx_path = export_model(result.model, loaded.train_args, space.imgsz, tmp, f"m{i}")
-            sess = session(onnx_path, threads)
-            name = sess.get_inputs()[0].name
-            for _ in range(warmup):
-                sess.run(None, {name: x})
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                sess.run(None, {name: x})
-                times.append((time.perf_counter() - t0) * 1e3)
-            out.append(float(np.median(times)))
-            for f in tmp.iterdir():
-                f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
+            out += _alternate([session(_export_rates(loaded, space, row, tmp, f"m{i}"), threads)], x, runs, warmup)
+            _clear(tmp)
             if log:
                 log(f"latency model: measured {i + 1}/{len(rates)} ({out[-1]:.2f} ms)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return np.array(out)
+
+
+class PairedTimer:
+    """Latency of pruned models measured run for run against the unpruned model, in the unpruned model's ms as
+    measured when the timer started: a machine that slows down or speeds up during a search moves both alike."""
+
+    def __init__(self, loaded, space: PruneSpace, threads: int, runs: int = 30, warmup: int = 5):
+        from yoloprune.bench import session
+
+        self.loaded, self.space, self.threads, self.runs, self.warmup = loaded, space, threads, runs, warmup
+        self.tmp = Path(tempfile.mkdtemp(prefix="yoloprune-timer-"))
+        self.x = np.random.default_rng(0).random((1, 3, space.imgsz, space.imgsz), dtype=np.float32)
+        unpruned = _export_rates(loaded, space, np.zeros(len(space.groups)), self.tmp, "unpruned")
+        self.unpruned = session(unpruned, threads)
+        self.unpruned_ms = _alternate([self.unpruned], self.x, 2 * runs, warmup)[0]
+
+    def measure(self, rates: np.ndarray) -> float:
+        """Drift-corrected ms of the model pruned by `rates` (one row)."""
+        from yoloprune.bench import session
+
+        work = self.tmp / "candidate"
+        work.mkdir(exist_ok=True)
+        try:
+            candidate = session(_export_rates(self.loaded, self.space, rates, work, "c"), self.threads)
+            ms, unpruned_now = _alternate([candidate, self.unpruned], self.x, self.runs, self.warmup)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return ms * self.unpruned_ms / unpruned_now
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def fit(space: PruneSpace, rates: np.ndarray, ms: np.ndarray, key: dict, held_out: int) -> LatencyModel:

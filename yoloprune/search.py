@@ -23,7 +23,7 @@ from yoloprune.budget import Budget
 from yoloprune.errors import UserError
 from yoloprune.evaluate import TrialEvaluator, evaluate
 from yoloprune.importance import CRITERIA, DEFAULT_CRITERION, unit_scores
-from yoloprune.latency import LatencyModel, cache_dir, latency_model, measure
+from yoloprune.latency import LatencyModel, PairedTimer, cache_dir, calibrated, latency_model
 from yoloprune.parallel import CandidateScorer, LocalPool, RayPool, ScorerSpec, check_parallel
 from yoloprune.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
@@ -40,6 +40,7 @@ class SearchConfig:
     data: str
     target_flops: float | None = None
     max_latency_ms: float | None = None
+    min_speedup: float | None = None  # latency budget as measured speedup over the unpruned model on this machine
     latency_threads: int = 1
     latency_models: int = 60
     trials: int = 60
@@ -56,6 +57,7 @@ class SearchConfig:
     resume: bool = False
     finetune_epochs: int = 0
     finetune_fraction: float = 1.0
+    distill_from: str | None = None  # teacher checkpoint of every fine-tune and recovery (the unpruned model)
     score: str = DEFAULT_SCORE
     stages: int | str | None = None
     recover_epochs: int = 1
@@ -65,8 +67,9 @@ class SearchConfig:
     ray_address: str | None = None
 
 
-IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "imgsz", "criterion", "round_to", "val_images",
-            "calib_images", "recalibrate", "strategy", "seed", "trials", "score", "stages", "recover_epochs")
+IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "min_speedup", "imgsz", "criterion", "round_to", "val_images",
+            "calib_images", "recalibrate", "strategy", "seed", "trials", "score", "stages", "recover_epochs",
+            "distill_from")
 LATENCY_IDENTITY = ("latency_threads", "latency_models")
 COLLAPSE_SHARE = 0.2  # the best initial candidate keeps less of the unpruned mAP: the collapsed regime
 
@@ -82,16 +85,22 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"search needs a trained .pt checkpoint, got {cfg.weights}")
     if not Path(cfg.data).is_file():
         raise UserError(f"data file not found: {cfg.data} (give a dataset YAML or a COCO annotation JSON)")
-    if cfg.target_flops is None and cfg.max_latency_ms is None:
-        raise UserError("give --target-flops, --max-latency-ms or both")
+    if cfg.target_flops is None and cfg.max_latency_ms is None and cfg.min_speedup is None:
+        raise UserError("give --target-flops, --max-latency-ms, --min-speedup or a combination")
     if cfg.target_flops is not None and not 0.0 < cfg.target_flops < 1.0:
         raise UserError(f"--target-flops {cfg.target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
     if cfg.max_latency_ms is not None and cfg.max_latency_ms <= 0:
         raise UserError(f"--max-latency-ms {cfg.max_latency_ms} must be > 0")
+    if cfg.min_speedup is not None and cfg.min_speedup <= 1.0:
+        raise UserError(f"--min-speedup {cfg.min_speedup} must be > 1: the measured speedup over the unpruned model")
     if cfg.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
     if not 0.0 < cfg.finetune_fraction <= 1.0:
         raise UserError(f"--finetune-fraction {cfg.finetune_fraction} must lie in (0, 1]: the share of the train split")
+    if cfg.distill_from is not None and not (cfg.finetune_epochs or (cfg.stages and cfg.recover_epochs)):
+        raise UserError("--distill distils during fine-tuning: add --finetune-epochs N (or --stages K)")
+    if cfg.distill_from is not None and not Path(cfg.distill_from).is_file():
+        raise UserError(f"teacher checkpoint not found: {cfg.distill_from}")
     if cfg.score not in SCORES:
         raise UserError(f"unknown score '{cfg.score}' (choose from {', '.join(SCORES)})")
     if cfg.score == "recovered" and not cfg.recalibrate:
@@ -133,25 +142,41 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     total = 1 if cfg.strategy in DETERMINISTIC else cfg.trials
     run_dir = run_dir_for(cfg)
     meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names}
+    timed = cfg.max_latency_ms is not None or cfg.min_speedup is not None
     if cfg.resume:
         old = json.loads((run_dir / "meta.json").read_text())
-        keys = IDENTITY + (LATENCY_IDENTITY if cfg.max_latency_ms is not None else ())
+        keys = IDENTITY + (LATENCY_IDENTITY if timed else ())
         diff = [k for k in keys if old.get(k) != meta.get(k)]
         if diff:
             raise UserError(f"cannot resume {run_dir}: its {', '.join(diff)} differ from this command's")
     if cfg.target_flops is not None:
         Budget(space, cfg.target_flops)  # an impossible FLOPs budget fails before minutes of latency fitting
-    latency = None
-    if cfg.max_latency_ms is not None:
+    latency, timer, limit = None, None, cfg.max_latency_ms
+    if timed:
         own = run_dir / "latency_model.json"  # a resumed run keeps projecting with the model it started with
         latency = (LatencyModel.load(own) if cfg.resume and own.exists() else
                    latency_model(loaded, space, cfg.latency_threads, sha, cfg.latency_models, log=log))
-    budget = Budget(space, cfg.target_flops, latency=latency, max_latency_ms=cfg.max_latency_ms)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "meta.json", meta)
-    if latency:
-        _write_json(run_dir / "latency_model.json", asdict(latency))
+        timer = PairedTimer(loaded, space, cfg.latency_threads)
+    try:
+        if cfg.min_speedup is not None:
+            limit = min(limit or np.inf, timer.unpruned_ms / cfg.min_speedup)
+            if log:
+                log(f"--min-speedup {cfg.min_speedup}: the unpruned model measures {timer.unpruned_ms:.2f} ms "
+                    f"({cfg.latency_threads} thread(s)); the budget is {limit:.2f} ms")
+        budget = Budget(space, cfg.target_flops, latency=latency, max_latency_ms=limit)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "meta.json", meta)
+        if latency:
+            _write_json(run_dir / "latency_model.json", asdict(latency))
+        return _search(cfg, loaded, space, budget, timer, run_dir, total, on_trial, log)
+    finally:
+        if timer:
+            timer.close()
 
+
+def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer | None, run_dir: Path, total: int,
+            on_trial, log) -> dict:
+    """The trial loop of `run_search` (resumed from the run's trial log), then the final check."""
     evaluator = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
                                recalibrate=cfg.recalibrate, score=cfg.score, reference=loaded.model)
     scores = unit_scores(space, cfg.criterion)
@@ -163,6 +188,9 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     store = TrialStore(run_dir)
     trials = store.load()
     store.rewrite(trials)  # drops a line torn by a kill
+    fit = budget.latency
+    if timer:
+        _calibrate(budget, fit, space, trials)
     done = {t["trial"] for t in trials}
     free = [t for t in range(total) if t not in done]  # a parallel run killed mid-way may leave holes
     pool = _pool(cfg, loaded, space, evaluator, total, log)
@@ -181,8 +209,12 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
             rates, phase, propose_s = proposed.pop(t)
             trial = {"trial": t, "phase": phase, "rates": dict(zip(space.names, map(float, rates))),
                      "flops_ratio": float(budget.ratio(rates[None])[0]),
-                     "latency_ms_est": float(latency.predict(space, rates[None])[0]) if latency else None,
+                     "latency_ms_est": float(budget.latency.predict(space, rates[None])[0]) if timer else None,
                      **result, "propose_seconds": propose_s}
+            if timer and trial["score"] > max((x["score"] for x in trials), default=-np.inf):
+                # every new incumbent is measured: the points that matter, all on the budget's boundary
+                trial["latency_ms_measured"] = timer.measure(rates)
+                _calibrate(budget, fit, space, trials + [trial], log)
             store.append(trial)
             trials.append(trial)
             if on_trial:
@@ -193,8 +225,20 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         pool.close()
     search_seconds = time.perf_counter() - start
     regime = regime or classify_regime([x["map50_95"] for x in trials[:n_init]], unpruned_map(loaded, evaluator))
-    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, regime, latency, log,
+    return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, regime, budget, timer, log,
                    fresh=len(trials) - len(done), workers=pool.workers)
+
+
+def _calibrate(budget: Budget, base: LatencyModel, space, trials: list[dict], log=None) -> None:
+    """Rescale the budget's latency estimate to the candidates measured so far (each trial's own record)."""
+    measured = [x for x in trials if x.get("latency_ms_measured") is not None]
+    if not measured:
+        return
+    rates = np.array([space.rates_vector(x["rates"]) for x in measured])
+    budget.latency = calibrated(base, space, rates, np.array([x["latency_ms_measured"] for x in measured]))
+    if log:
+        log(f"latency: trial {measured[-1]['trial']} measured {measured[-1]['latency_ms_measured']:.2f} ms; estimate "
+            f"now x{budget.latency.scale:.3f} of the fit, margin {budget.latency.margin:.1%} ({len(measured)} measured)")
 
 
 def _pool(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, total: int, log):
@@ -246,11 +290,12 @@ def _next_rates(name: str, ctx: SearchContext, strategy, init, trials: list[dict
 
 
 def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds: float, regime: dict,
-            latency=None, log=None, fresh: int = 0, workers: int = 1) -> dict:
+            budget: Budget, timer: PairedTimer | None, log=None, fresh: int = 0, workers: int = 1) -> dict:
     """Re-check, save and summarise the best trial; `fresh` trials ran in this invocation, in `search_seconds`."""
     best, measured_ms = max(trials, key=lambda x: x["score"]), None
+    latency = budget.latency
     if latency:
-        best, measured_ms = _fastest_enough(cfg, loaded, space, trials, log)
+        best, measured_ms = _fastest_enough(budget.max_latency_ms, space, trials, timer, log)
     result = api.prune(loaded, best["rates"], cfg.criterion, cfg.round_to, space)
     final = evaluator.final_check(result.model)  # recalibrates BN in place: the saved model keeps those statistics
     out = api.save_pruned(result, loaded, run_dir / "pruned.pt", {"search": str(run_dir), "strategy": cfg.strategy})
@@ -258,7 +303,8 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
                                                              sort_keys=False))
     propose = sum(t["propose_seconds"] for t in trials[len(trials) - fresh:])
     summary = {
-        "run_dir": str(run_dir), "strategy": cfg.strategy, "target_flops": cfg.target_flops, "trials": len(trials),
+        "run_dir": str(run_dir), "strategy": cfg.strategy, "target_flops": cfg.target_flops,
+        "flops_budget": budget.target, "trials": len(trials),
         "best": {"trial": best["trial"], "rates": best["rates"], "flops_ratio": best["flops_ratio"],
                  "latency_ms_est": best.get("latency_ms_est"),
                  "params": result.params_after, "score": best["score"], "map50_95": best["map50_95"],
@@ -266,8 +312,12 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
                  "final_check_map50_95": final.map50_95, "final_check_map50": final.map50,
                  "final_check_images": final.images, "final_check_disjoint": evaluator.final_disjoint},
         "score": cfg.score, **regime, "pruned": str(out), "search_seconds": search_seconds,
-        "max_latency_ms": cfg.max_latency_ms, "latency_threads": cfg.latency_threads if latency else None,
-        "measured_latency_ms": measured_ms,
+        "max_latency_ms": budget.max_latency_ms, "min_speedup": cfg.min_speedup,
+        "latency_threads": cfg.latency_threads if latency else None,
+        "measured_latency_ms": measured_ms, "unpruned_latency_ms": timer.unpruned_ms if timer else None,
+        "latency_calibration": {"scale": latency.scale, "margin": latency.margin,
+                                "measured": sum(x.get("latency_ms_measured") is not None for x in trials)}
+        if latency else None,
         "workers": workers, "trials_per_hour": fresh / search_seconds * 3600 if fresh else None,
         "bo_overhead_share": propose / search_seconds if fresh else None,  # share of the search loop's wall time
         "mean_trial_eval_seconds": float(np.mean([t["eval_seconds"] for t in trials])),
@@ -283,25 +333,28 @@ def _finetune_best(cfg, pruned: Path, evaluator, run_dir: Path) -> dict:
     """Fine-tune the saved best candidate with Ultralytics' trainer; its final check keeps the trained BN."""
     from yoloprune.finetune import finetune
 
-    tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, fraction=cfg.finetune_fraction, project=str(run_dir),
-                     name="finetune", exist_ok=True, workers=2)  # a resumed run restarts an unfinished fine-tune
+    tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, distill=cfg.distill_from, fraction=cfg.finetune_fraction,
+                     project=str(run_dir), name="finetune", exist_ok=True,
+                     workers=2)  # a resumed run restarts an unfinished fine-tune
     after = evaluator.final_check(api.load(tuned).model, recalibrate=False)
     return {"finetuned": str(tuned), "finetune_epochs": cfg.finetune_epochs,
             "finetuned_final_check_map50_95": after.map50_95, "finetuned_final_check_map50": after.map50}
 
 
-def _fastest_enough(cfg, loaded, space, trials: list[dict], log) -> tuple[dict, float]:
-    """The best trial whose exported model MEASURES within --max-latency-ms (the estimate kept a margin; this
-    makes sure): trials are measured in order of mAP until one fits."""
+def _fastest_enough(limit: float, space, trials: list[dict], timer: PairedTimer, log) -> tuple[dict, float]:
+    """The best trial whose exported model MEASURES within the latency limit (the estimate kept a margin; this
+    makes sure): trials are measured in order of score, paired with the unpruned model, until one fits. Every
+    incumbent was measured when it arrived; those measurements stand."""
     ranked = sorted(trials, key=lambda x: -x["score"])
     for trial in ranked:
-        rates = space.rates_vector(trial["rates"])[None]
-        ms = float(measure(loaded, space, rates, cfg.latency_threads, runs=50)[0])
+        ms = trial.get("latency_ms_measured")
+        if ms is None:
+            ms = timer.measure(space.rates_vector(trial["rates"]))
         if log:
             log(f"trial {trial['trial']}: measured {ms:.2f} ms (estimated {trial['latency_ms_est']:.2f} ms)")
-        if ms <= cfg.max_latency_ms:
+        if ms <= limit:
             return trial, ms
-    raise UserError(f"none of the {len(ranked)} trials measured within --max-latency-ms {cfg.max_latency_ms} on this "
+    raise UserError(f"none of the {len(ranked)} trials measured within the latency budget {limit:.2f} ms on this "
                     f"machine: the latency model is off here (delete {cache_dir()} to refit, or ask for a larger "
                     f"budget); nothing was saved, the trials are kept")
 

@@ -43,6 +43,8 @@ def check_staged(cfg: SearchConfig) -> None:
     if cfg.target_flops is None:
         raise UserError("--stages steps on FLOPs: give --target-flops (a --max-latency-ms limit then binds the last "
                         "stage)")
+    if cfg.min_speedup is not None:
+        raise UserError("--min-speedup is relative to each stage's input: with --stages give --max-latency-ms")
     if cfg.finetune_epochs:
         raise UserError("with --stages every stage's recovery is the fine-tune: use --recover-epochs, not "
                         "--finetune-epochs")
