@@ -7,7 +7,8 @@ the unpruned model and the four best models are timed side by side, run for run 
 drift hits all alike; a model meets the budget when its speedup over the unpruned model, measured there,
 reaches `--speedup`. One line per finished unit (search x seed, timing x seed) in
 results/latency_search.jsonl; rerun to continue. Units named `aware` ran the search before it calibrated its
-estimate on measured candidates (before 2026-11-30); `aware-cal` after.
+estimate on measured candidates (before 2026-11-30); `aware-cal` calibrated it on measured incumbents;
+`aware-cal2` also measures the first 3 trials, on a fit timed run for run against the unpruned model.
 
     python benchmarks/latency_search.py [--trials 60] [--speedup 1.6] [--seeds 0,1,2]
 """
@@ -15,6 +16,7 @@ estimate on measured candidates (before 2026-11-30); `aware-cal` after.
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
 import shutil
@@ -28,14 +30,14 @@ from yoloprune.bench import benchmark
 from yoloprune.budget import Budget
 from yoloprune.checkpoint import file_sha256
 from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.latency import PairedTimer, latency_model, measure
+from yoloprune.latency import PairedTimer, latency_model
 from yoloprune.search import SearchConfig, run_search
 
 THREADS = 1
 CALIB_IMAGES = 200  # the setting of the first units (seed 0), kept so every seed compares alike
 TIMING_RUNS = 100
 RUNS = Path("benchmarks/runs/latency")
-AWARE = "aware-cal"
+AWARE = "aware-cal2"
 RULES = ("best of 3 budgets, timed side by side", "best of 3 budgets, each timed after its search",
          "1 search at the measured uniform boundary")  # which FLOPs-only model counts, and how "within" is judged
 
@@ -50,13 +52,14 @@ def main() -> None:
     data = default_dataset()
     loaded = api.load(DEFAULT_WEIGHTS)
     space = api.analyse(loaded)
-    model = latency_model(loaded, space, THREADS, file_sha256(DEFAULT_WEIGHTS), log=print)
+    timer = PairedTimer(loaded, space, THREADS, runs=50)
+    atexit.register(timer.close)
+    model = latency_model(timer, file_sha256(DEFAULT_WEIGHTS), log=print)
     # one reference per latency fit: a machine whose speed moved gets a new fit (latency.DRIFT), a new limit, new units
     ref_key = "reference/" + hashlib.sha256(json.dumps(model.coef).encode()).hexdigest()[:8]
     if ref_key not in log.done():
-        unpruned = float(measure(loaded, space, np.zeros((1, len(space.groups))), THREADS, runs=100)[0])
-        boundary = measured_boundary(loaded, space, args.speedup)
-        log.append(ref_key, {"unpruned_ms": unpruned, "held_out": model.held_out, "margin": model.margin,
+        boundary = measured_boundary(timer, space, args.speedup)
+        log.append(ref_key, {"unpruned_ms": timer.unpruned_ms, "held_out": model.held_out, "margin": model.margin,
                              "threads": THREADS, "speedup": args.speedup, **boundary})
     ref = log.done()[ref_key]
     limit = round(ref["unpruned_ms"] / args.speedup, 2)
@@ -76,7 +79,7 @@ def main() -> None:
                            log=print)
             ms, own_limit = s["measured_latency_ms"], s["max_latency_ms"] or limit  # aware: its own start's ms
             if ms is None:
-                ms = float(measure(loaded, space, space.rates_vector(s["best"]["rates"])[None], THREADS, runs=50)[0])
+                ms = timer.measure(space.rates_vector(s["best"]["rates"])) * ref["unpruned_ms"] / timer.unpruned_ms
             log.append(key, {"search": unit, "seed": seed, "limit_ms": limit, "own_limit_ms": own_limit, **budget,
                              "measured_ms": ms, "meets_limit": ms <= own_limit, "flops_ratio": s["best"]["flops_ratio"],
                              "latency_calibration": s["latency_calibration"],
@@ -93,21 +96,17 @@ def main() -> None:
     print_table(log.done(), ref, limit)
 
 
-def measured_boundary(loaded, space, speedup: float, steps: int = 7) -> dict:
+def measured_boundary(timer: PairedTimer, space, speedup: float, steps: int = 7) -> dict:
     """FLOPs kept by the uniform-rate model that measures `speedup` over the unpruned model (bisection, each step
     timed run for run against the unpruned model), and the three FLOPs-only budgets around it (-0.05, 0, +0.05)."""
     floor = float(space.flops_ratio(np.full((1, len(space.groups)), Budget(space, 0.99).max_rate))[0])
     lo, hi, steps_ms = floor + 0.01, 0.99, []
-    timer = PairedTimer(loaded, space, THREADS, runs=50)
     limit = timer.unpruned_ms / speedup
-    try:
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            ms = timer.measure(Budget(space, mid).project(np.zeros((1, len(space.groups))))[0])
-            steps_ms.append([mid, ms])
-            lo, hi = (mid, hi) if ms <= limit else (lo, mid)
-    finally:
-        timer.close()
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ms = timer.measure(Budget(space, mid).project(np.zeros((1, len(space.groups))))[0])
+        steps_ms.append([mid, ms])
+        lo, hi = (mid, hi) if ms <= limit else (lo, mid)
     at = round(lo, 3)
     return {"boundary_flops": at, "boundary_steps": steps_ms,
             "flops_budgets": [round(max(at - 0.05, floor + 0.01), 3), at, round(min(at + 0.05, 0.99), 3)]}

@@ -14,7 +14,7 @@ from yoloprune.budget import Budget
 from yoloprune.checkpoint import save_checkpoint
 from yoloprune.errors import UserError
 from yoloprune import latency
-from yoloprune.latency import PairedTimer, calibrated, features, fit, latency_model, measure, sample_rates
+from yoloprune.latency import PairedTimer, calibrated, features, fit, latency_model, sample_rates
 from yoloprune.space import analyse
 
 
@@ -120,24 +120,27 @@ def test_paired_timer_cancels_machine_drift(monkeypatch, space):
 def test_cached_fit_is_refitted_when_the_machine_speed_changed(tmp_path, monkeypatch, space):
     levels = sorted({float(a) for a in space.conv_area}, reverse=True)
     true = np.linspace(0.5, 2.0, 1 + 2 * len(levels))
-    machine = {"speed": 1.0, "calls": 0}
+    unpruned = np.zeros((1, len(space.groups)))
 
-    def measured(loaded, space, rates, threads, **kw):  # a machine whose latency is linear in the features
-        machine["calls"] += 1
-        return features(space, rates, levels) @ true / machine["speed"]
+    class LinearMachineTimer:  # a machine whose latency is linear in the features, at a given speed
+        threads = 1
+
+        def __init__(self, speed):
+            self.space, self.speed = space, speed
+            self.unpruned_ms = self.measure(unpruned[0])
+
+        def measure(self, row):
+            return float(features(space, row[None], levels)[0] @ true / self.speed)
 
     monkeypatch.setenv("YOLOPRUNE_CACHE", str(tmp_path))
-    monkeypatch.setattr(latency, "measure", measured)
-    unpruned = np.zeros((1, len(space.groups)))
-    first = latency_model(None, space, 1, "sha", models=30)
-    assert latency_model(None, space, 1, "sha", models=30).coef == first.coef, "same speed: the cached fit"
-    machine["speed"] = 1.05  # within the drift allowance: still the cache
-    assert latency_model(None, space, 1, "sha", models=30).coef == first.coef
-    machine["speed"], said = 1 / 1.4, []
-    slower = latency_model(None, space, 1, "sha", models=30, log=said.append)
+    first = latency_model(LinearMachineTimer(1.0), "sha", models=30)
+    assert latency_model(LinearMachineTimer(1.0), "sha", models=30).coef == first.coef, "same speed: the cached fit"
+    assert latency_model(LinearMachineTimer(1.05), "sha", models=30).coef == first.coef, "within the drift allowance"
+    said = []
+    slower = latency_model(LinearMachineTimer(1 / 1.4), "sha", models=30, log=said.append)
     assert slower.predict(space, unpruned)[0] == pytest.approx(1.4 * first.predict(space, unpruned)[0], rel=1e-3)
     assert any("speed has changed" in m for m in said)
-    assert latency_model(None, space, 1, "sha", models=30).coef == slower.coef, "the refit replaced the cache"
+    assert latency_model(LinearMachineTimer(1 / 1.4), "sha", models=30).coef == slower.coef, "the refit replaced the cache"
 
 
 @pytest.mark.slow
@@ -146,7 +149,9 @@ def test_search_final_model_measures_within_the_latency_limit(tmp_path, tiny_dat
     save_checkpoint(DetectionModel("yolov8n.yaml", nc=10, verbose=False), weights, {"imgsz": 128}, {})
     loaded = api.load(weights)
     space = api.analyse(loaded)
-    full_ms = float(measure(loaded, space, np.zeros((1, len(space.groups))), threads=1)[0])
+    timer = PairedTimer(loaded, space, threads=1)
+    full_ms = timer.unpruned_ms
+    timer.close()
     limit = round(0.8 * full_ms, 3)
     cmd = [sys.executable, "-m", "yoloprune", "search", "--weights", str(weights), "--data", str(tiny_data.yaml_path),
            "--max-latency-ms", str(limit), "--latency-models", "21", "--trials", "3", "--val-images", "6",

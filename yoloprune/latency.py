@@ -1,7 +1,8 @@
 """Latency model for the search: ONNX Runtime latency of a pruned model, estimated from its channel counts.
 
 Fitted once per model, machine, ORT thread count, image size and round-to, on whole pruned
-models of the user's model, each exported by Ultralytics and timed in ONNX Runtime, and cached
+models of the user's model, each exported by Ultralytics and timed in ONNX Runtime run for run
+against the unpruned model (`PairedTimer`: drift during the fit cancels), and cached
 under ~/.cache/yoloprune/latency/ ($YOLOPRUNE_CACHE moves it); every use first measures the
 unpruned model and fits again when the machine's speed has moved. A fit over whole models sees
 what ORT fuses and how its kernels block channels; a per-layer table would not. The estimate is
@@ -10,11 +11,10 @@ the activation volume written: early high-resolution layers cost more per FLOP t
 A share of the models is held out to measure the estimate's error; its 90th percentile becomes
 the margin the budget keeps until the search has measured candidates of its own.
 
-During a search, `PairedTimer` measures candidates run for run against the unpruned model and
-reports them in the unpruned model's ms as measured when the search started, so machine drift
-cancels; `calibrated` rescales the fit to those measurements, which all lie on the budget
-boundary, and narrows the margin to their spread. A fit over the whole range of budgets carries
-a bias at any one budget (measured: 3-7% under the limit); the calibrated estimate does not.
+During a search the same timer measures candidates, in the unpruned model's ms as measured when
+the search started; `calibrated` rescales the fit to those measurements, which all lie on the
+budget boundary, and narrows the margin to their spread. A fit over the whole range of budgets
+carries a bias at any one budget (measured: 3-7% under the limit); the calibrated estimate does not.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ LOCAL_POINTS = 3  # measured candidates before the calibrated margin replaces th
 # a cached fit is kept while it predicts the unpruned model, measured now, within max(DRIFT, 2 x its margin):
 # a shared or throttled machine can run 1.4x slower on another day (measured here), and not uniformly so
 DRIFT = 0.10
-FORMAT = 1  # cache entries of another format are refitted
+FORMAT = 2  # cache entries of another format are refitted (2: measured run for run against the unpruned model)
 
 
 @dataclass
@@ -150,30 +150,6 @@ def _alternate(sessions: list, x: np.ndarray, runs: int, warmup: int) -> list[fl
     return [float(np.median(t)) for t in times]
 
 
-def _clear(folder: Path) -> None:
-    for f in folder.iterdir():
-        f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
-
-
-def measure(loaded, space: PruneSpace, rates: np.ndarray, threads: int, runs: int = 30, warmup: int = 5,
-            log: Callable[[str], None] | None = None) -> np.ndarray:
-    """Median ONNX Runtime ms (batch 1) of the model pruned by each row of `rates`, as Ultralytics exports it."""
-    from yoloprune.bench import session
-
-    tmp = Path(tempfile.mkdtemp(prefix="yoloprune-latency-"))
-    x = np.random.default_rng(0).random((1, 3, space.imgsz, space.imgsz), dtype=np.float32)
-    out = []
-    try:
-        for i, row in enumerate(rates):
-            out += _alternate([session(_export_rates(loaded, space, row, tmp, f"m{i}"), threads)], x, runs, warmup)
-            _clear(tmp)
-            if log:
-                log(f"latency model: measured {i + 1}/{len(rates)} ({out[-1]:.2f} ms)")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return np.array(out)
-
-
 class PairedTimer:
     """Latency of pruned models measured run for run against the unpruned model, in the unpruned model's ms as
     measured when the timer started: a machine that slows down or speeds up during a search moves both alike."""
@@ -226,18 +202,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("YOLOPRUNE_CACHE", Path.home() / ".cache" / "yoloprune")) / "latency"
 
 
-def latency_model(loaded, space: PruneSpace, threads: int, weights_sha256: str, models: int = 60,
+def latency_model(timer: PairedTimer, weights_sha256: str, models: int = 60,
                   log: Callable[[str], None] | None = None) -> LatencyModel:
-    """The cached latency model for this model, machine, thread count and image size, fitted if missing or if
-    the machine's speed has changed since (`models` measured, a third of them, at most 20, held out to measure
-    the error)."""
-    key = {**cache_key(weights_sha256, space, threads), "models": models}
+    """The cached latency model for the timer's model, machine, thread count and image size, fitted if missing or
+    if the machine's speed has changed since (`models` measured by `timer`, a third of them, at most 20, held out
+    to measure the error)."""
+    space = timer.space
+    key = {**cache_key(weights_sha256, space, timer.threads), "models": models}
     path = cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
     try:
         cached = LatencyModel.load(path)
         if cached.key == key:
-            unpruned = space.realised_rates(np.zeros((1, len(space.groups))))
-            now, said = float(measure(loaded, space, unpruned, threads)[0]), float(cached.predict(space, unpruned)[0])
+            now = timer.unpruned_ms
+            said = float(cached.predict(space, space.realised_rates(np.zeros((1, len(space.groups)))))[0])
             if abs(now / said - 1.0) <= max(DRIFT, 2 * cached.margin):
                 return cached
             if log:
@@ -251,7 +228,12 @@ def latency_model(loaded, space: PruneSpace, threads: int, weights_sha256: str, 
         raise UserError(f"--latency-models {models} is too few for this model: at least {needed} (one more than "
                         f"its latency features, plus the held-out third)")
     rates = sample_rates(space, models)
-    model = fit(space, rates, measure(loaded, space, rates, threads, log=log), key, held_out)
+    measured = []
+    for row in rates:
+        measured.append(timer.measure(row))
+        if log:
+            log(f"latency model: measured {len(measured)}/{models} ({measured[-1]:.2f} ms)")
+    model = fit(space, rates, np.array(measured), key, held_out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

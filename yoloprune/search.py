@@ -23,7 +23,7 @@ from yoloprune.budget import Budget
 from yoloprune.errors import UserError
 from yoloprune.evaluate import TrialEvaluator, evaluate
 from yoloprune.importance import CRITERIA, DEFAULT_CRITERION, unit_scores
-from yoloprune.latency import LatencyModel, PairedTimer, cache_dir, calibrated, latency_model
+from yoloprune.latency import LOCAL_POINTS, LatencyModel, PairedTimer, cache_dir, calibrated, latency_model
 from yoloprune.parallel import CandidateScorer, LocalPool, RayPool, ScorerSpec, check_parallel
 from yoloprune.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
 from yoloprune.strategies import (DETERMINISTIC, STRATEGIES, SearchContext, global_threshold_rates, initial_design,
@@ -151,13 +151,13 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
             raise UserError(f"cannot resume {run_dir}: its {', '.join(diff)} differ from this command's")
     if cfg.target_flops is not None:
         Budget(space, cfg.target_flops)  # an impossible FLOPs budget fails before minutes of latency fitting
-    latency, timer, limit = None, None, cfg.max_latency_ms
-    if timed:
-        own = run_dir / "latency_model.json"  # a resumed run keeps projecting with the model it started with
-        latency = (LatencyModel.load(own) if cfg.resume and own.exists() else
-                   latency_model(loaded, space, cfg.latency_threads, sha, cfg.latency_models, log=log))
-        timer = PairedTimer(loaded, space, cfg.latency_threads)
+    latency, limit = None, cfg.max_latency_ms
+    timer = PairedTimer(loaded, space, cfg.latency_threads) if timed else None
     try:
+        if timed:
+            own = run_dir / "latency_model.json"  # a resumed run keeps projecting with the model it started with
+            latency = (LatencyModel.load(own) if cfg.resume and own.exists() else
+                       latency_model(timer, sha, cfg.latency_models, log=log))
         if cfg.min_speedup is not None:
             limit = min(limit or np.inf, timer.unpruned_ms / cfg.min_speedup)
             if log:
@@ -211,8 +211,8 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
                      "flops_ratio": float(budget.ratio(rates[None])[0]),
                      "latency_ms_est": float(budget.latency.predict(space, rates[None])[0]) if timer else None,
                      **result, "propose_seconds": propose_s}
-            if timer and trial["score"] > max((x["score"] for x in trials), default=-np.inf):
-                # every new incumbent is measured: the points that matter, all on the budget's boundary
+            if timer and (_measured(trials) < LOCAL_POINTS or trial["score"] > max(x["score"] for x in trials)):
+                # the first trials, then every new incumbent: the points that matter, all on the budget's boundary
                 trial["latency_ms_measured"] = timer.measure(rates)
                 _calibrate(budget, fit, space, trials + [trial], log)
             store.append(trial)
@@ -227,6 +227,10 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
     regime = regime or classify_regime([x["map50_95"] for x in trials[:n_init]], unpruned_map(loaded, evaluator))
     return _finish(cfg, loaded, space, evaluator, trials, run_dir, search_seconds, regime, budget, timer, log,
                    fresh=len(trials) - len(done), workers=pool.workers)
+
+
+def _measured(trials: list[dict]) -> int:
+    return sum(x.get("latency_ms_measured") is not None for x in trials)
 
 
 def _calibrate(budget: Budget, base: LatencyModel, space, trials: list[dict], log=None) -> None:
@@ -316,7 +320,7 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
         "latency_threads": cfg.latency_threads if latency else None,
         "measured_latency_ms": measured_ms, "unpruned_latency_ms": timer.unpruned_ms if timer else None,
         "latency_calibration": {"scale": latency.scale, "margin": latency.margin,
-                                "measured": sum(x.get("latency_ms_measured") is not None for x in trials)}
+                                "measured": _measured(trials)}
         if latency else None,
         "workers": workers, "trials_per_hour": fresh / search_seconds * 3600 if fresh else None,
         "bo_overhead_share": propose / search_seconds if fresh else None,  # share of the search loop's wall time
