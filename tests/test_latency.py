@@ -103,9 +103,9 @@ class FakeSession:
 
 def test_paired_timer_cancels_machine_drift(monkeypatch, space):
     costs = {"unpruned": 10.0, "c": 6.0}
-    monkeypatch.setattr(latency, "_export_rates", lambda loaded, space, row, out_dir, label: label)
+    monkeypatch.setattr(latency, "export_rates", lambda loaded, space, row, out_dir, label: label)
     monkeypatch.setattr("yoloprune.bench.session", lambda path, threads: FakeSession(costs[path]))
-    monkeypatch.setattr(latency.time, "perf_counter", lambda: FakeSession.clock[0])
+    monkeypatch.setattr("yoloprune.bench.time.perf_counter", lambda: FakeSession.clock[0])
     FakeSession.slowness[0] = 1.0
     timer = PairedTimer(None, space, threads=1, runs=5, warmup=1)
     try:

@@ -78,6 +78,20 @@ def session(path: Path, threads: int):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def alternate(sessions: list, x: np.ndarray, runs: int, warmup: int) -> np.ndarray:
+    """ms of every timed run (sessions, runs) of ONNX Runtime sessions run for run (A B A B ...), after `warmup`
+    rounds."""
+    names = [s.get_inputs()[0].name for s in sessions]
+    times = np.zeros((len(sessions), runs))
+    for i in range(warmup + runs):
+        for k, (s, name) in enumerate(zip(sessions, names)):
+            t0 = time.perf_counter()
+            s.run(None, {name: x})
+            if i >= warmup:
+                times[k, i - warmup] = (time.perf_counter() - t0) * 1e3
+    return times
+
+
 def _flops_params(model: torch.nn.Module | None, imgsz: int) -> tuple[float, int]:
     if model is None:
         return float("nan"), 0
@@ -117,17 +131,7 @@ def benchmark(weights: list[str], imgsz: int = 640, threads: tuple[int, ...] = (
             flops, params = _flops_params(model, imgsz)
             models.append(BenchModel(w, path, flops * batch, params, path.stat().st_size, diff))
         for t in threads:
-            sessions = [session(m.onnx_path, t) for m in models]
-            names = [s.get_inputs()[0].name for s in sessions]
-            for _ in range(warmup):
-                for s, n in zip(sessions, names):
-                    s.run(None, {n: x})
-            times = [[] for _ in models]
-            for _ in range(runs):
-                for k, (s, n) in enumerate(zip(sessions, names)):
-                    t0 = time.perf_counter()
-                    s.run(None, {n: x})
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+            times = alternate([session(m.onnx_path, t) for m in models], x, runs, warmup)
             base = float(np.median(times[0]))
             for m, ms in zip(models, times):
                 p50 = float(np.median(ms))

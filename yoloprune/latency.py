@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -129,7 +128,7 @@ def sample_rates(space: PruneSpace, n: int, seed: int = 0) -> np.ndarray:
     return np.array(rows)
 
 
-def _export_rates(loaded, space: PruneSpace, row: np.ndarray, out_dir: Path, label: str) -> Path:
+def export_rates(loaded, space: PruneSpace, row: np.ndarray, out_dir: Path, label: str) -> Path:
     from yoloprune import api
     from yoloprune.bench import export_model
 
@@ -137,45 +136,32 @@ def _export_rates(loaded, space: PruneSpace, row: np.ndarray, out_dir: Path, lab
     return export_model(result.model, loaded.train_args, space.imgsz, out_dir, label)
 
 
-def _alternate(sessions: list, x: np.ndarray, runs: int, warmup: int) -> list[float]:
-    """Median ms of each ONNX Runtime session, run for run (A B A B ...), after `warmup` rounds."""
-    names = [s.get_inputs()[0].name for s in sessions]
-    times = [[] for _ in sessions]
-    for i in range(warmup + runs):
-        for k, (s, name) in enumerate(zip(sessions, names)):
-            t0 = time.perf_counter()
-            s.run(None, {name: x})
-            if i >= warmup:
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return [float(np.median(t)) for t in times]
-
-
 class PairedTimer:
     """Latency of pruned models measured run for run against the unpruned model, in the unpruned model's ms as
     measured when the timer started: a machine that slows down or speeds up during a search moves both alike."""
 
     def __init__(self, loaded, space: PruneSpace, threads: int, runs: int = 30, warmup: int = 5):
-        from yoloprune.bench import session
+        from yoloprune.bench import alternate, session
 
         self.loaded, self.space, self.threads, self.runs, self.warmup = loaded, space, threads, runs, warmup
         self.tmp = Path(tempfile.mkdtemp(prefix="yoloprune-timer-"))
         self.x = np.random.default_rng(0).random((1, 3, space.imgsz, space.imgsz), dtype=np.float32)
-        unpruned = _export_rates(loaded, space, np.zeros(len(space.groups)), self.tmp, "unpruned")
+        unpruned = export_rates(loaded, space, np.zeros(len(space.groups)), self.tmp, "unpruned")
         self.unpruned = session(unpruned, threads)
-        self.unpruned_ms = _alternate([self.unpruned], self.x, 2 * runs, warmup)[0]
+        self.unpruned_ms = float(np.median(alternate([self.unpruned], self.x, 2 * runs, warmup)))
 
     def measure(self, rates: np.ndarray) -> float:
         """Drift-corrected ms of the model pruned by `rates` (one row)."""
-        from yoloprune.bench import session
+        from yoloprune.bench import alternate, session
 
         work = self.tmp / "candidate"
         work.mkdir(exist_ok=True)
         try:
-            candidate = session(_export_rates(self.loaded, self.space, rates, work, "c"), self.threads)
-            ms, unpruned_now = _alternate([candidate, self.unpruned], self.x, self.runs, self.warmup)
+            candidate = session(export_rates(self.loaded, self.space, rates, work, "c"), self.threads)
+            ms, unpruned_now = np.median(alternate([candidate, self.unpruned], self.x, self.runs, self.warmup), 1)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return ms * self.unpruned_ms / unpruned_now
+        return float(ms * self.unpruned_ms / unpruned_now)
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
