@@ -129,6 +129,7 @@ def sample_rates(space: PruneSpace, n: int, seed: int = 0) -> np.ndarray:
 
 
 def export_rates(loaded, space: PruneSpace, row: np.ndarray, out_dir: Path, label: str) -> Path:
+    """The ONNX file (Ultralytics' exporter, in `out_dir`) of `loaded` pruned by one row of rates."""
     from yoloprune import api
     from yoloprune.bench import export_model
 
