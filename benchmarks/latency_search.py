@@ -1,9 +1,10 @@
 """Does latency-aware search earn its place? On the default model, at one ONNX Runtime latency budget
 (1 thread, budget = unpruned latency / speedup): the latency model's error on held-out pruned models, then the
-final-check mAP of `search --max-latency-ms L` against the best FLOPs-only search that meets the budget, seed by
-seed. FLOPs-only runs at three budgets straddling the measured boundary: the FLOPs of the uniform model that
-MEASURES at the budget (bisection, each model timed against the unpruned one), and +-5 points. After each seed
-the unpruned model and the four best models are timed side by side, run for run (as `bench` does), so machine
+final-check mAP of `search --min-speedup S` (`--max-latency-ms L` in units named `aware`) against the best
+FLOPs-only search that meets the budget, seed by seed. FLOPs-only runs at three budgets straddling the measured
+boundary: the FLOPs of the uniform model that MEASURES at the budget (bisection, each model timed against the
+unpruned one), and +-5 points (`--extra-flops` adds more). After each seed
+the unpruned model and the seed's best models are timed side by side, run for run (as `bench` does), so machine
 drift hits all alike; a model meets the budget when its speedup over the unpruned model, measured there,
 reaches `--speedup`. One line per finished unit (search x seed, timing x seed) in
 results/latency_search.jsonl; rerun to continue. Units named `aware` ran the search before it calibrated its

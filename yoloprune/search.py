@@ -307,8 +307,7 @@ def _finish(cfg, loaded, space, evaluator, trials, run_dir: Path, search_seconds
                                                              sort_keys=False))
     propose = sum(t["propose_seconds"] for t in trials[len(trials) - fresh:])
     summary = {
-        "run_dir": str(run_dir), "strategy": cfg.strategy, "target_flops": cfg.target_flops,
-        "flops_budget": budget.target, "trials": len(trials),
+        "run_dir": str(run_dir), "strategy": cfg.strategy, "target_flops": cfg.target_flops, "trials": len(trials),
         "best": {"trial": best["trial"], "rates": best["rates"], "flops_ratio": best["flops_ratio"],
                  "latency_ms_est": best.get("latency_ms_est"),
                  "params": result.params_after, "score": best["score"], "map50_95": best["map50_95"],
