@@ -1,0 +1,114 @@
+"""Accuracy after recovery: what a user ships, at equal training cost (issue: final-accuracy recipe).
+
+Every row spends the same total of E training epochs on the full train split, counting
+sparsify, recoveries and the fine-tune together, then is scored on 500 test images
+(pycocotools mAP50-95, the same slice for every row):
+  reference         the unpruned model fine-tuned E epochs
+  uniform           uniform rates at the budget, fine-tuned E epochs
+  hdbo              one-shot hdbo search (T trials), best candidate fine-tuned E epochs
+  hdbo-distill      the same, the fine-tune distilling from the unpruned model
+  sparsifyS         S epochs of network slimming, hdbo on the sparsified model, fine-tune E - S epochs
+  sparsifyS-distill the same with a distilled fine-tune
+  staged            --stages 2, each stage recovered E/2 epochs
+One line per finished unit (model x row x budget x E x seed) in results/final_accuracy.jsonl, with the
+validation curve by epoch of the last fine-tune; rerun to continue, --table-only to print.
+
+    python benchmarks/final_accuracy.py --weights weights/yolov8-shapes-converged.pt --rows reference,hdbo
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+
+from yoloprune import api
+from yoloprune.defaults import default_dataset
+from yoloprune.search import SearchConfig, run_search
+
+CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
+ROWS = ("reference", "uniform", "hdbo", "hdbo-distill", "sparsify2", "sparsify2-distill", "sparsify4", "staged")
+RUNS = Path("benchmarks/runs/final_accuracy")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--weights", default=str(CONVERGED))
+    parser.add_argument("--budget", type=float, default=0.5, help="fraction of FLOPs kept")
+    parser.add_argument("--epochs", type=int, default=10, help="total training epochs per row (E)")
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--rows", default="reference,hdbo,sparsify2")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    log = common.UnitLog("final_accuracy")
+    model = Path(args.weights).stem
+    if not args.table_only:
+        data = str(default_dataset().yaml_path)
+        for row in args.rows.split(","):
+            if row not in ROWS:
+                raise SystemExit(f"unknown row {row} (choose from {', '.join(ROWS)})")
+            budget = 1.0 if row == "reference" else args.budget
+            for seed in map(int, args.seeds.split(",")):
+                unit = f"{model}/{row}/b{budget}/E{args.epochs}/s{seed}"
+                if unit in log.done():
+                    continue
+                run = RUNS / unit.replace("/", "-")
+                shutil.rmtree(run, ignore_errors=True)
+                t0 = time.perf_counter()
+                result = run_row(row, seed, args, data, run)
+                test = api.evaluate(result.pop("weights"), data, split="test", val_images=500)
+                log.append(unit, {"model": model, "row": row, "budget": budget, "epochs": args.epochs,
+                                  "trials": args.trials, "seed": seed, "final_map50_95": test.map50_95,
+                                  "final_map50": test.map50, **result, "wall_seconds": time.perf_counter() - t0})
+                print(unit, round(test.map50_95, 4), flush=True)
+    print_table(log.done(), model, args.budget, args.epochs)
+
+
+def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
+    """Train and prune one row; returns the final weights and what the row measured on the way."""
+    if row == "reference":
+        from yoloprune.finetune import finetune
+
+        tuned = finetune(args.weights, data, args.epochs, project=str(run), name="finetune", workers=2)
+        return {"weights": str(tuned), "flops_ratio": 1.0, "curve": val_curve(tuned)}
+    cfg = SearchConfig(args.weights, data, args.budget, trials=args.trials, seed=seed, project=str(run.parent),
+                       name=run.name, finetune_epochs=args.epochs,
+                       distill_from=args.weights if row.endswith("-distill") else None,
+                       strategy="uniform" if row == "uniform" else "hdbo")
+    s = run_search(cfg)
+    return {"weights": s["finetuned"], "flops_ratio": s["best"]["flops_ratio"], "params": s["best"]["params"],
+            "map50_95_before_finetune": s["best"]["final_check_map50_95"], "regime": s["regime"],
+            "curve": val_curve(Path(s["finetuned"]))}
+
+
+def val_curve(best: Path) -> list[float]:
+    """Ultralytics' validation mAP50-95 after each epoch of the fine-tune that wrote `best`."""
+    with open(best.parent.parent / "results.csv") as f:
+        return [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f)]
+
+
+def print_table(rows: dict, model: str, budget: float, epochs: int) -> None:
+    print(f"{model}: {budget:.0%} FLOPs, E = {epochs} epochs; final-check mAP50-95 on 500 test images")
+    def finals(name: str) -> list[float]:
+        wanted = 1.0 if name == "reference" else budget
+        return [r["final_map50_95"] for r in rows.values()
+                if (r["model"], r["row"], r["budget"], r["epochs"]) == (model, name, wanted, epochs)]
+
+    ref = finals("reference")
+    print(f"{'row':<20}{'seeds':>6}{'mean':>8}{'std':>8}{'vs ref':>8}  per seed")
+    for name in ROWS:
+        v = finals(name)
+        if v:
+            gap = f"{(np.mean(v) - np.mean(ref)) * 100:+.1f}" if ref else ""
+            print(f"{name:<20}{len(v):>6}{np.mean(v):>8.4f}{np.std(v):>8.4f}{gap:>8}  "
+                  + " ".join(f"{x:.4f}" for x in v))
+
+
+if __name__ == "__main__":
+    main()
