@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,13 +17,28 @@ os.environ.setdefault("YOLO_VERBOSE", "false")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def git_commit() -> str:
+    """The commit of the code that ran, with '+dirty' when the tracked files differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def provenance() -> dict:
     from importlib.metadata import version
 
+    from yoloprune.latency.model import cpu_name
+
     pkgs = ("torch", "ultralytics", "botorch", "onnxruntime", "pycocotools", "yoloprune")
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name] + sys.argv), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "versions": {p: version(p) for p in pkgs}}
+            "command": " ".join([Path(sys.executable).name] + sys.argv), "commit": git_commit(),
+            "cpu": cpu_name(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "versions": {p: version(p) for p in pkgs}}
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -11,7 +11,7 @@ import common
 from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune import api
-from yoloprune.space import analyse
+from yoloprune.structure.groups import analyse
 
 FAMILIES = ["yolov3-tiny.yaml", "yolov3.yaml", "yolov5n.yaml", "yolov5l.yaml", "yolov5n-p6.yaml", "yolov6n.yaml",
             "yolov8n.yaml", "yolov8l.yaml", "yolov8n-p2.yaml", "yolov8n-p6.yaml", "yolov8n-ghost.yaml",

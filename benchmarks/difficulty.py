@@ -14,11 +14,11 @@ import common  # noqa: F401
 import numpy as np
 
 from yoloprune import api
-from yoloprune.budget import Budget
-from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.evaluate import TrialEvaluator
-from yoloprune.importance import DEFAULT_CRITERION
-from yoloprune.pruner import prune
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.evaluation.evaluator import TrialEvaluator
+from yoloprune.search.budget import Budget
+from yoloprune.structure.importance import DEFAULT_CRITERION
+from yoloprune.structure.pruner import prune
 
 
 def main() -> None:

@@ -18,8 +18,9 @@ import numpy as np
 import yaml
 
 from yoloprune import api
-from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.evaluate import TrialEvaluator, evaluate
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.evaluation.evaluator import TrialEvaluator
+from yoloprune.evaluation.metric import evaluate
 from yoloprune.threads import torch_threads
 
 

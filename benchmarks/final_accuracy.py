@@ -28,8 +28,9 @@ import common
 import numpy as np
 
 from yoloprune import api
-from yoloprune.defaults import default_dataset
-from yoloprune.search import SearchConfig, run_search
+from yoloprune.default.problem import default_dataset
+from yoloprune.search.config import SearchConfig
+from yoloprune.search.loop import run_search
 
 CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
 ROWS = ("reference", "uniform", "hdbo", "hdbo-distill", "sparsify2", "sparsify2-distill", "sparsify4", "staged")
@@ -73,7 +74,7 @@ def main() -> None:
 def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
     """Train and prune one row; returns the final weights and what the row measured on the way."""
     if row == "reference":
-        from yoloprune.finetune import finetune
+        from yoloprune.training.finetune import finetune
 
         tuned = finetune(args.weights, data, args.epochs, project=str(run), name="finetune", workers=2)
         return {"weights": str(tuned), "flops_ratio": 1.0, "curve": val_curve(tuned)}

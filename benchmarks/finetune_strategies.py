@@ -16,8 +16,8 @@ from pathlib import Path
 import common
 
 from yoloprune import api
-from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.finetune import finetune
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.training.finetune import finetune
 
 RUNS = Path("benchmarks/runs")
 TEST_IMAGES = 500

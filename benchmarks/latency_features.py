@@ -16,8 +16,8 @@ import numpy as np
 from scipy.optimize import nnls
 
 from yoloprune import api
-from yoloprune.defaults import DEFAULT_WEIGHTS
-from yoloprune.latency import PairedTimer, features, sample_rates
+from yoloprune.default.problem import DEFAULT_WEIGHTS
+from yoloprune.latency.model import PairedTimer, features, sample_rates
 
 FOLDS = 4
 

@@ -27,12 +27,13 @@ import common
 import numpy as np
 
 from yoloprune import api
-from yoloprune.bench import benchmark
-from yoloprune.budget import Budget
 from yoloprune.checkpoint import file_sha256
-from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.latency import PairedTimer, latency_model
-from yoloprune.search import SearchConfig, run_search
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.latency.bench import benchmark
+from yoloprune.latency.model import PairedTimer, latency_model
+from yoloprune.search.budget import Budget
+from yoloprune.search.config import SearchConfig
+from yoloprune.search.loop import run_search
 
 THREADS = 1
 CALIB_IMAGES = 200  # the setting of the first units (seed 0), kept so every seed compares alike

@@ -22,8 +22,9 @@ from pathlib import Path
 import common
 import numpy as np
 
-from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.search import SearchConfig, run_search
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.search.config import SearchConfig
+from yoloprune.search.loop import run_search
 
 SETTINGS = {"seq-2cpu": {"workers": 1}, "seq-1cpu": {"workers": 1, "worker_cpus": 1},
             "ray-2x1": {"workers": 2, "worker_cpus": 1}}

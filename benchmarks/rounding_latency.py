@@ -14,9 +14,9 @@ import common
 import numpy as np
 
 from yoloprune import api
-from yoloprune.bench import benchmark
-from yoloprune.budget import Budget
-from yoloprune.defaults import DEFAULT_WEIGHTS
+from yoloprune.default.problem import DEFAULT_WEIGHTS
+from yoloprune.latency.bench import benchmark
+from yoloprune.search.budget import Budget
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ import common  # noqa: F401  (environment for Ultralytics)
 from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune import api
-from yoloprune.bench import benchmark
 from yoloprune.checkpoint import save_checkpoint
-from yoloprune.defaults import default_dataset
-from yoloprune.evaluate import TrialEvaluator
-from yoloprune.pruner import prune
+from yoloprune.default.problem import default_dataset
+from yoloprune.evaluation.evaluator import TrialEvaluator
+from yoloprune.latency.bench import benchmark
+from yoloprune.structure.pruner import prune
 
 
 def main() -> None:

@@ -25,13 +25,14 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from yoloprune import api
-from yoloprune.budget import Budget
-from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.evaluate import TrialEvaluator, evaluate
-from yoloprune.finetune import finetune
-from yoloprune.importance import DEFAULT_CRITERION
-from yoloprune.pruner import prune
-from yoloprune.scores import SCORES
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.evaluation.evaluator import TrialEvaluator
+from yoloprune.evaluation.metric import evaluate
+from yoloprune.evaluation.scores import SCORES
+from yoloprune.search.budget import Budget
+from yoloprune.structure.importance import DEFAULT_CRITERION
+from yoloprune.structure.pruner import prune
+from yoloprune.training.finetune import finetune
 
 TEST_IMAGES = 300
 # every search score, and `map` with BN recalibrated on 64 or 32 instead of 200 images (cheaper trials)

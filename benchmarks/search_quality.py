@@ -17,9 +17,10 @@ from pathlib import Path
 import common
 import numpy as np
 
-from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.search import SearchConfig, run_search
-from yoloprune.strategies import HDBO
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.search.config import SearchConfig
+from yoloprune.search.loop import run_search
+from yoloprune.search.strategies import HDBO
 
 ABLATIONS = {"hdbo-box": ("hdbo", HDBO, "trust_region", False)}
 

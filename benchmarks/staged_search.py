@@ -24,9 +24,10 @@ from pathlib import Path
 import common
 import numpy as np
 
-from yoloprune.defaults import DEFAULT_WEIGHTS, default_dataset
-from yoloprune.search import SearchConfig, run_search
-from yoloprune.staged import run_staged
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.search.config import SearchConfig
+from yoloprune.search.loop import run_search
+from yoloprune.search.staged import run_staged
 
 METHODS = ("uniform", "oneshot", "staged", "oneshot-recovered", "oneshot-distill", "staged-distill")
 

@@ -18,10 +18,10 @@ import common
 import numpy as np
 
 from yoloprune import api
-from yoloprune.bench import alternate, session
-from yoloprune.budget import Budget
-from yoloprune.defaults import DEFAULT_WEIGHTS
-from yoloprune.latency import export_rates
+from yoloprune.default.problem import DEFAULT_WEIGHTS
+from yoloprune.latency.bench import alternate, session
+from yoloprune.latency.model import export_rates
+from yoloprune.search.budget import Budget
 
 THREADS, WARMUP, RUNS = 1, 5, 100
 

@@ -103,15 +103,11 @@ def test_eval_bad_data(tmp_path, tiny_data):
     assert_clean_error(result, "--val-images")
 
 
-def test_eval_json_on_yaml_and_coco(tmp_path, tiny_data):
-    from ultralytics.nn.tasks import DetectionModel
-
-    from yoloprune.checkpoint import save_checkpoint
-
-    weights = tmp_path / "tiny.pt"
-    save_checkpoint(DetectionModel("yolov8n.yaml", nc=10, verbose=False), weights, {"imgsz": 96}, {})
-    a = run("eval", "--weights", str(weights), "--data", str(tiny_data.yaml_path), "--val-images", "6", "--json")
-    b = run("eval", "--weights", str(weights), "--data", str(tiny_data.coco_json("val")), "--val-images", "6", "--json")
+def test_eval_json_on_yaml_and_coco(default_problem):
+    weights, data = default_problem
+    a = run("eval", "--weights", str(weights), "--data", str(data.yaml_path), "--val-images", "24", "--json")
+    b = run("eval", "--weights", str(weights), "--data", str(data.coco_json("val")), "--val-images", "24", "--json")
     ra, rb = json.loads(a.stdout), json.loads(b.stdout)
-    assert ra["images"] == rb["images"] == 6
+    assert ra["images"] == rb["images"] == 24
+    assert ra["map50_95"] > 0.3, "a model that detects something: agreement between two zeros proves nothing"
     assert ra["map50_95"] == pytest.approx(rb["map50_95"], abs=1e-6)

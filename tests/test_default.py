@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from yoloprune.defaults import DEFAULT_WEIGHTS
+from yoloprune.default.problem import DEFAULT_WEIGHTS
 
 pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not trained yet")
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default we
 def test_default_weights_load_with_plain_yolo_and_detect_shapes():
     from ultralytics import YOLO
 
-    from yoloprune.synthdata import render_image
+    from yoloprune.default.synthdata import render_image
 
     img, boxes = render_image(192, np.random.default_rng(123))
     result = YOLO(str(DEFAULT_WEIGHTS)).predict(img, imgsz=192, conf=0.25, verbose=False)[0]
@@ -33,7 +33,11 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     models = [row["model"] for row in result["table"]]
     assert models == ["original", "pruned", "pruned + fine-tuned"]
     original, pruned, tuned = result["table"]
-    assert pruned["flops"] < original["flops"] and tuned["params"] == pruned["params"]
+    assert [row["weights"] for row in result["table"]] == [str(DEFAULT_WEIGHTS), result["search"]["pruned"],
+                                                           tuned["weights"]], "each row measures its own model"
+    assert pruned["flops"] < 0.6 * original["flops"] and pruned["params"] < original["params"]
+    assert tuned["params"] == pruned["params"] and tuned["flops"] == pruned["flops"], "fine-tuning keeps the shapes"
+    assert tuned["map50_95"] != pruned["map50_95"], "the fine-tuned model is scored on its own"
     page = (tmp_path / "demo" / "report.html").read_text()
     assert page.count("<img") == 3 and "pruned + fine-tuned" in page
     assert result["search"]["regime"] in ("redundant", "collapsed") and "regime: " in page and "--stages" in page

@@ -4,9 +4,11 @@ import pytest
 import torch
 import yaml
 
-from yoloprune.data import load_split, subset, take_slice
-from yoloprune.defaults import DEFAULT_WEIGHTS
-from yoloprune.evaluate import TrialEvaluator, calibration_batches, coco_score, evaluate, recalibrate_bn
+from yoloprune.default.problem import DEFAULT_WEIGHTS
+from yoloprune.evaluation.calibration import calibration_batches, recalibrate_bn
+from yoloprune.evaluation.data import load_split, subset, take_slice
+from yoloprune.evaluation.evaluator import TrialEvaluator
+from yoloprune.evaluation.metric import coco_score, evaluate
 
 GT = {
     "images": [{"id": 0, "width": 100, "height": 100}, {"id": 1, "width": 100, "height": 100}],
@@ -43,7 +45,7 @@ def test_agrees_with_ultralytics_validator(tmp_path):
     from ultralytics import YOLO
 
     from yoloprune.checkpoint import load_model
-    from yoloprune.defaults import default_dataset
+    from yoloprune.default.problem import default_dataset
 
     data = default_dataset()
     model, _ = load_model(DEFAULT_WEIGHTS)
@@ -80,17 +82,21 @@ def test_recalibration_resets_and_reestimates_bn(tiny_data):
     assert not bn.training
 
 
-def test_trial_evaluator_slices_are_disjoint_and_reused(tiny_data):
-    from ultralytics.nn.tasks import DetectionModel
+def test_trial_evaluator_slices_are_disjoint_and_scores_a_detector(default_problem):
+    from yoloprune.checkpoint import load
 
-    model = DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval()
-    names = {i: n for i, n in enumerate(yaml.safe_load(tiny_data.yaml_path.read_text())["names"].values())}
-    ev = TrialEvaluator(tiny_data.yaml_path, names, 96, val_images=8, calib_images=8, final_split="val",
-                        final_images=None)
+    weights, data = default_problem
+    loaded = load(weights)
+    ev = TrialEvaluator(data.yaml_path, loaded.model.names, 192, val_images=8, calib_images=8, final_split="val",
+                        final_images=16, slice_seed=0)
     assert not set(ev.search.images) & set(ev.final.images)
     assert len(ev.search.images) == 8 and len(ev.final.images) == 16
-    r = ev.score(model)
-    assert r.images == 8 and 0.0 <= r.map50_95 <= 1.0
+    val = sorted(p.name for p in load_split(data.yaml_path, "val", loaded.model.names).images)
+    assert [p.name for p in ev.search.images] != val[:8], "the search slice is a seeded draw, not the first N"
+    r = ev.score(loaded.model)
+    assert r.images == 8 and r.map50_95 > 0.3, "a detector scores well above zero"
+    again = TrialEvaluator(data.yaml_path, loaded.model.names, 192, val_images=8, calib_images=8, slice_seed=0)
+    assert again.search.images == ev.search.images, "same seed, same slice"
 
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not trained yet")
@@ -99,8 +105,8 @@ def test_exported_onnx_scores_like_its_checkpoint(tmp_path):
     import sys
 
     from yoloprune import api
-    from yoloprune.bench import export_onnx
-    from yoloprune.defaults import default_dataset
+    from yoloprune.default.problem import default_dataset
+    from yoloprune.latency.bench import export_onnx
 
     data = default_dataset()
     onnx_path, _ = export_onnx(str(DEFAULT_WEIGHTS), 192, tmp_path)
@@ -113,3 +119,52 @@ def test_exported_onnx_scores_like_its_checkpoint(tmp_path):
         out = subprocess.run([sys.executable, "-m", "yoloprune", "eval", "--data", str(data.yaml_path), *extra],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_polygon_labels_become_boxes_and_exif_rotation_sets_the_size(tmp_path):
+    from PIL import Image
+
+    from yoloprune.evaluation.data import from_yaml
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "labels" / "val").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 80 wide x 40 high, shown rotated by 90 degrees: 40 wide x 80 high
+    Image.new("RGB", (80, 40), (90, 90, 90)).save(tmp_path / "images" / "val" / "a.jpg", exif=exif)
+    (tmp_path / "labels" / "val" / "a.txt").write_text("0 0.5 0.5 0.5 0.25\n1 0.1 0.2 0.3 0.2 0.3 0.6 0.1 0.6\n")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/val",
+                                                     "val": "images/val", "names": {0: "a", 1: "b"}}))
+    det = from_yaml(tmp_path / "d.yaml", "val")
+    assert (det.coco["images"][0]["width"], det.coco["images"][0]["height"]) == (40, 80)
+    box, polygon = det.coco["annotations"]
+    assert box["bbox"] == pytest.approx([10, 30, 20, 20])
+    assert polygon["category_id"] == 2 and polygon["bbox"] == pytest.approx([4, 16, 8, 32])
+
+
+def test_classes_are_matched_by_name(tiny_data, tmp_path):
+    import json
+
+    from yoloprune.errors import UserError
+
+    names = yaml.safe_load(tiny_data.yaml_path.read_text())["names"]
+    model_names = {int(k): v for k, v in names.items()}
+    coco = json.loads(tiny_data.coco_json("val").read_text())
+    shuffled = {**coco, "categories": [{**c, "id": 100 - c["id"]} for c in coco["categories"]]}
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val.json").write_text(json.dumps(shuffled))
+    det = load_split(tmp_path / "annotations" / "instances_val.json", "val", model_names,
+                     image_dir=str(tiny_data.coco_json("val").parent.parent / "images" / "val"))
+    by_name = {c["name"]: c["id"] for c in shuffled["categories"]}
+    assert det.class_to_category == {i: by_name[n] for i, n in model_names.items()}, "by name, not by order"
+    renamed = {**coco, "categories": [{**c, "name": f"thing{c['id']}"} for c in coco["categories"]]}
+    (tmp_path / "annotations" / "instances_val.json").write_text(json.dumps(renamed))
+    with pytest.raises(UserError, match="class mismatch"):
+        load_split(tmp_path / "annotations" / "instances_val.json", "val", model_names,
+                   image_dir=str(tiny_data.coco_json("val").parent.parent / "images" / "val"))
+    other = {**yaml.safe_load(tiny_data.yaml_path.read_text()), "names": {k: f"x{k}" for k in names},
+             "path": str(tiny_data.yaml_path.parent)}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(UserError, match="class mismatch"):
+        load_split(tmp_path / "other.yaml", "val", model_names)
+    unnamed = {i: str(i) for i in model_names}  # a model built from a YAML: by order
+    assert load_split(tmp_path / "other.yaml", "val", unnamed).class_to_category == {i: i + 1 for i in model_names}

@@ -10,7 +10,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune import api
 from yoloprune.checkpoint import save_checkpoint
-from yoloprune.defaults import DEFAULT_WEIGHTS
+from yoloprune.default.problem import DEFAULT_WEIGHTS
 
 
 def shapes(model):
@@ -30,7 +30,7 @@ def pruned_tiny(tmp_path_factory):
 def test_finetune_keeps_shapes_and_reloads(tmp_path, monkeypatch, pruned_tiny, tiny_data):
     from ultralytics import YOLO
 
-    from yoloprune.finetune import finetune
+    from yoloprune.training.finetune import finetune
 
     monkeypatch.chdir(tmp_path)  # a relative project lands where it says, not under runs/detect/
     best = finetune(pruned_tiny, tiny_data.yaml_path, 1, project="out", name="ft", workers=0, batch=8)
@@ -47,7 +47,7 @@ def test_finetune_distils_from_the_unpruned_model(tmp_path, pruned_tiny, tiny_da
 
     from ultralytics import YOLO
 
-    from yoloprune.finetune import finetune
+    from yoloprune.training.finetune import finetune
 
     teacher = pruned_tiny.with_name("base.pt")
     best = finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=teacher, project=str(tmp_path), name="kd",
@@ -60,7 +60,7 @@ def test_finetune_distils_from_the_unpruned_model(tmp_path, pruned_tiny, tiny_da
 
 def test_finetune_refuses_a_bad_teacher(tmp_path, pruned_tiny, tiny_data):
     from yoloprune.errors import UserError
-    from yoloprune.finetune import finetune
+    from yoloprune.training.finetune import finetune
 
     with pytest.raises(UserError, match="not found"):
         finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=tmp_path / "missing.pt", project=str(tmp_path))
@@ -74,8 +74,8 @@ def test_finetune_refuses_a_bad_teacher(tmp_path, pruned_tiny, tiny_data):
 @pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not trained yet")
 def test_short_finetune_recovers_map_on_default_problem(tmp_path):
-    from yoloprune.defaults import default_dataset
-    from yoloprune.finetune import finetune
+    from yoloprune.default.problem import default_dataset
+    from yoloprune.training.finetune import finetune
 
     data = default_dataset()
     loaded = api.load(DEFAULT_WEIGHTS)

@@ -11,16 +11,6 @@ import time
 
 import psutil
 import pytest
-from ultralytics.nn.tasks import DetectionModel
-
-from yoloprune.checkpoint import save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save_checkpoint(DetectionModel("yolov8n.yaml", nc=10, verbose=False), path, {"imgsz": 96}, {})
-    return path
 
 
 def parallel_cmd(weights, data, project, *extra):
@@ -121,3 +111,36 @@ def test_search_joins_a_running_cluster_and_writes_the_same_run_format(tmp_path,
             except ProcessLookupError:
                 pass
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_candidate_that_keeps_killing_its_worker_fails_with_its_reason():
+    from yoloprune.search.executors import MAX_TRIAL_RETRIES, RayPool
+
+    class Died(Exception):
+        pass
+
+    class FakeRay:  # every result is a dead worker
+        exceptions = type("exceptions", (), {"RayActorError": Died})
+
+        @staticmethod
+        def wait(refs, num_returns):
+            return refs[:num_returns], refs[num_returns:]
+
+        @staticmethod
+        def get(ref):
+            raise Died("The actor died unexpectedly: SIGSEGV")
+
+    class Actor:
+        score = type("score", (), {"remote": staticmethod(lambda rates: object())})
+
+    started = []
+    pool = RayPool.__new__(RayPool)  # no Ray instance: only the retry logic is under test
+    pool.ray, pool.log, pool.replaced, pool.deaths, pool.busy = FakeRay(), None, 0, {}, {}
+    pool._start = lambda: started.append(1) or Actor()
+    pool.actors = [Actor()]
+    pool.submit(7, {"model.0": 0.5})
+    trial, result = pool.next_result()
+    assert trial == 7 and result["score"] == 0.0 and result["map50_95"] == 0.0
+    assert f"killed its worker {MAX_TRIAL_RETRIES + 1} times" in result["failed"] and "SIGSEGV" in result["failed"]
+    assert len(started) == MAX_TRIAL_RETRIES + 1, "every death replaced the worker, then the trial failed"
+    assert pool.idle(), "the worker is free for the next trial"

@@ -9,11 +9,11 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from prune_helpers import FAMILIES, build, first_output, size_for
 
-from tests.test_pruning import FAMILIES, build, first_output, size_for
 from yoloprune.checkpoint import save_checkpoint
-from yoloprune.pruner import prune
-from yoloprune.space import analyse
+from yoloprune.structure.groups import analyse
+from yoloprune.structure.pruner import prune
 
 RELOAD_SCRIPT = textwrap.dedent("""
     import json, sys

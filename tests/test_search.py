@@ -12,18 +12,10 @@ import pytest
 import yaml
 from ultralytics.nn.tasks import DetectionModel
 
-from yoloprune.budget import Budget
-from yoloprune.checkpoint import save_checkpoint
 from yoloprune.errors import UserError
-from yoloprune.space import analyse
-from yoloprune.strategies import trust_region_length
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save_checkpoint(DetectionModel("yolov8n.yaml", nc=10, verbose=False), path, {"imgsz": 96}, {})
-    return path
+from yoloprune.search.budget import Budget
+from yoloprune.search.strategies import trust_region_length
+from yoloprune.structure.groups import analyse
 
 
 @pytest.fixture(scope="module")
@@ -139,15 +131,16 @@ def test_same_seed_same_search(tmp_path, tiny_weights, tiny_data):
     assert runs[0] == runs[1]
 
 
-def test_trial_store_drops_a_torn_last_line(tmp_path):
-    from yoloprune.trialstore import TrialStore
+def test_run_store_drops_a_torn_last_line(tmp_path):
+    from yoloprune.search.store import RunStore
 
-    store = TrialStore(tmp_path)
-    store.append({"trial": 0})
-    store.append({"trial": 1})
-    with open(store.path, "a") as f:
+    store = RunStore(tmp_path)
+    store.append_trial({"trial": 0})
+    store.append_trial({"trial": 1})
+    with open(store.trials_path, "a") as f:
         f.write('{"trial": 2, "rat')
-    assert store.load() == [{"trial": 0}, {"trial": 1}]
+    assert store.trials() == [{"trial": 0}, {"trial": 1}]
+    assert store.trials_path.read_text().count("\n") == 2  # the torn line is gone from the file too
 
 
 @pytest.mark.slow

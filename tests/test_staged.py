@@ -10,29 +10,18 @@ import time
 
 import pytest
 import torch
-from ultralytics.nn.tasks import DetectionModel
 
-from conftest import randomise_bn
-from yoloprune.checkpoint import save_checkpoint
-from yoloprune.defaults import DEFAULT_WEIGHTS
-from yoloprune.evaluate import TrialEvaluator
-from yoloprune.pruner import prune
-from yoloprune.scores import agreement, class_maps
-from yoloprune.space import analyse
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save_checkpoint(DetectionModel("yolov8n.yaml", nc=10, verbose=False), path, {"imgsz": 96}, {})
-    return path
+from yoloprune import api
+from yoloprune.default.problem import DEFAULT_WEIGHTS
+from yoloprune.evaluation.evaluator import TrialEvaluator
+from yoloprune.evaluation.scores import agreement, class_maps
+from yoloprune.structure.pruner import prune
 
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not trained yet")
 def test_short_recovery_restores_signal_to_a_collapsed_candidate():
     """Half the channels of every group cut: mAP after recalibration collapses; 20 recovery steps bring it back."""
-    from yoloprune import api
-    from yoloprune.defaults import default_dataset
+    from yoloprune.default.problem import default_dataset
 
     loaded = api.load(DEFAULT_WEIGHTS)
     space = api.analyse(loaded)
@@ -50,18 +39,18 @@ def test_short_recovery_restores_signal_to_a_collapsed_candidate():
     torch.testing.assert_close(dfl.flatten(), torch.arange(dfl.numel(), dtype=dfl.dtype))  # the fixed decoder
 
 
-def test_agreement_is_one_for_the_same_model_and_lower_for_a_pruned_one(tiny_data):
-    model = randomise_bn(DetectionModel("yolov8n.yaml", nc=10, verbose=False))
-    names = {i: str(i) for i in range(10)}
-    ev = TrialEvaluator(tiny_data.yaml_path, names, 96, val_images=6, calib_images=8, score="agreement",
-                        reference=model)
-    pixels = ev.search_images.pixels
-    same = agreement(class_maps(copy.deepcopy(model), pixels), ev.reference_maps)
+def test_agreement_is_one_for_the_same_model_and_lower_for_a_pruned_one(default_problem):
+    weights, data = default_problem
+    loaded = api.load(weights)
+    ev = TrialEvaluator(data.yaml_path, loaded.model.names, 192, val_images=16, calib_images=16, score="agreement",
+                        reference=loaded.model)
+    same = agreement(class_maps(copy.deepcopy(loaded.model), ev.search_images.pixels), ev.reference_maps)
     assert same == pytest.approx(1.0, abs=1e-5)
-    space = analyse(model, imgsz=96)
-    pruned = prune(model, space, {n: 0.5 for n in space.names})
-    r = ev.score(pruned)
-    assert r.score < 0.999 and 0.0 <= r.map50_95 <= 1.0
+    space = api.analyse(loaded)
+    light = ev.score(prune(loaded.model, space, {n: 0.25 for n in space.names}))
+    heavy = ev.score(prune(loaded.model, space, {n: 0.75 for n in space.names}))
+    assert 0.0 < heavy.score < light.score < 0.999, "the harder the cut, the less the outputs agree"
+    assert light.map50_95 > heavy.map50_95, "and mAP (reported beside the score) falls with it"
 
 
 def staged_cmd(weights, data, project, *extra):
@@ -96,8 +85,6 @@ def test_staged_search_killed_in_stage_two_resumes_without_redoing_stage_one(tmp
     assert summary["stages"] == 2 and summary["trials"] == 8 and summary["flops_ratio"] <= 0.5 + 1e-6
     assert len(summary["stage_summaries"]) == 2 and all("finetuned" in s for s in summary["stage_summaries"])
     assert summary["stage_summaries"][0]["regime"] in ("collapsed", "redundant", "unscored")
-    from yoloprune import api
-
     final = api.load(summary["pruned"])
     assert api.param_count(final.model) == summary["params"] < summary["params_before"]
 
@@ -119,7 +106,7 @@ def test_staged_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragm
 
 
 def test_regime_is_reported_and_a_collapse_is_named():
-    from yoloprune.search import classify_regime
+    from yoloprune.search.report import classify_regime
 
     messages = []
     r = classify_regime([0.02, 0.05], 0.5, messages.append)

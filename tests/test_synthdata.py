@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from yoloprune.synthdata import CLASS_NAMES, generate
+from yoloprune.default.synthdata import CLASS_NAMES, generate
 
 
 def label_bytes(root):

@@ -1,45 +1,45 @@
-"""The public Python API: what the CLI commands do, callable from a notebook with the same defaults."""
+"""The public Python API: what the CLI commands do, callable from a notebook with the same defaults.
+
+The CLI, the demo and notebooks use this module; the pipeline's own modules never do.
+
+    from yoloprune import api
+    loaded = api.load("yolov8n.pt")
+    space = api.analyse(loaded)                      # the prunable groups
+    result = api.prune(loaded, api.uniform_rates(space, 0.3))
+    api.save_pruned(result, loaded, "pruned.pt")
+    api.evaluate("pruned.pt", "coco.yaml", val_images=200, recalibrate=True)
+    summary = api.search("yolov8n.pt", "coco.yaml", target_flops=0.5, trials=60)
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import torch.nn as nn
 import yaml
 
-from yoloprune import checkpoint
+from yoloprune.checkpoint import LoadedModel, load
+from yoloprune.checkpoint import save_pruned as _save_pruned
 from yoloprune.errors import UserError
-from yoloprune.importance import CRITERIA, DEFAULT_CRITERION
-from yoloprune.scores import CALIB_IMAGES
-from yoloprune.space import PruneSpace, analyse as _analyse
+from yoloprune.evaluation.calibration import calibration_batches, recalibrate_bn
+from yoloprune.evaluation.data import dataset_yaml, load_split, subset, take_slice
+from yoloprune.evaluation.inference import OnnxDetector
+from yoloprune.evaluation.metric import EvalResult
+from yoloprune.evaluation.metric import evaluate as run_eval
+from yoloprune.evaluation.scores import CALIB_IMAGES
+from yoloprune.structure.groups import analyse as _analyse
+from yoloprune.structure.importance import DEFAULT_CRITERION
+from yoloprune.structure.pruner import PruneResult, check_rates, param_count, prune_by_rates
+from yoloprune.structure.space import PruneSpace
 
-
-@dataclass
-class LoadedModel:
-    """A user's model with what yoloprune needs to know about it."""
-
-    model: nn.Module
-    train_args: dict
-    source: str
-    imgsz: int
-
-
-def load(weights: str | Path, imgsz: int | None = None) -> LoadedModel:
-    """Load a .pt checkpoint or model YAML; `imgsz` defaults to the checkpoint's training size."""
-    model, train_args = checkpoint.load_model(weights)
-    size = imgsz or checkpoint.default_imgsz(train_args)
-    stride = int(max(model.stride)) if hasattr(model, "stride") else 32
-    if size % stride:
-        raise UserError(f"--imgsz {size} is not a multiple of the model stride {stride}")
-    return LoadedModel(model, train_args, str(weights), size)
+__all__ = ["LoadedModel", "PruneResult", "PruneSpace", "load", "analyse", "read_rates", "check_rates", "prune",
+           "uniform_rates", "save_pruned", "evaluate", "search", "finetune", "sparsify", "bench", "param_count",
+           "group_table", "prunable_flops_share"]
 
 
 def analyse(loaded: LoadedModel, round_to: int = 8) -> PruneSpace:
     """The prunable channel groups and FLOPs model of a loaded model."""
-    if round_to < 1:
-        raise UserError(f"--round-to must be >= 1, got {round_to}")
     return _analyse(loaded.model, loaded.imgsz, round_to)
 
 
@@ -57,41 +57,10 @@ def read_rates(path: str | Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in rates.items()}
 
 
-def check_rates(space: PruneSpace, rates: dict[str, float]) -> None:
-    """Raise UserError on unknown group names or rates outside [0, 1)."""
-    unknown = sorted(set(rates) - set(space.names))
-    if unknown:
-        raise UserError(f"unknown group name(s): {', '.join(unknown[:5])} (list them with 'yoloprune layers')")
-    bad = {k: v for k, v in rates.items() if not 0.0 <= v < 1.0}
-    if bad:
-        name, value = next(iter(bad.items()))
-        raise UserError(f"prune rate of '{name}' is {value}; rates are the fraction removed, in [0, 1)")
-
-
-@dataclass
-class PruneResult:
-    model: nn.Module
-    rates: dict[str, float]
-    flops_before: float
-    flops_after: float
-    params_before: int
-    params_after: int
-    criterion: str
-
-
 def prune(loaded: LoadedModel, rates: dict[str, float], criterion: str = DEFAULT_CRITERION, round_to: int = 8,
           space: PruneSpace | None = None) -> PruneResult:
     """Structurally prune `loaded.model` by {group: prune rate} (fraction of channels removed)."""
-    from yoloprune.pruner import prune as prune_model
-
-    if criterion not in CRITERIA:
-        raise UserError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
-    space = space or analyse(loaded, round_to)
-    check_rates(space, rates)
-    pruned = prune_model(loaded.model, space, rates, criterion)
-    vec = space.rates_vector(rates)[None]
-    return PruneResult(pruned, dict(rates), float(space.flops()[0]), float(space.flops(vec)[0]),
-                       param_count(loaded.model), param_count(pruned), criterion)
+    return prune_by_rates(loaded.model, space or analyse(loaded, round_to), rates, criterion)
 
 
 def uniform_rates(space: PruneSpace, ratio: float) -> dict[str, float]:
@@ -103,24 +72,13 @@ def uniform_rates(space: PruneSpace, ratio: float) -> dict[str, float]:
 
 def save_pruned(result: PruneResult, loaded: LoadedModel, out: str | Path, extra: dict | None = None) -> Path:
     """Save a pruned model as a stock Ultralytics checkpoint with its provenance inside."""
-    source = Path(loaded.source)
-    provenance = {
-        "source": str(source),
-        "source_sha256": checkpoint.file_sha256(source) if source.is_file() else None,
-        "rates": result.rates, "criterion": result.criterion, "imgsz": loaded.imgsz,
-        "flops_before": result.flops_before, "flops_after": result.flops_after,
-        "params_before": result.params_before, "params_after": result.params_after, **(extra or {}),
-    }
-    args = dict(loaded.train_args) or {"imgsz": loaded.imgsz}
-    return checkpoint.save_checkpoint(result.model, out, args, provenance)
+    return _save_pruned(result.model, loaded, out, {**result.provenance(), **(extra or {})})
 
 
 def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_images: int | None = None,
              imgsz: int | None = None, batch: int = 32, slice_seed: int | None = None, recalibrate: bool = False,
-             calib_images: int = CALIB_IMAGES, image_dir: str | None = None):
+             calib_images: int = CALIB_IMAGES, image_dir: str | None = None) -> EvalResult:
     """mAP50-95 and mAP50 (pycocotools) of a model (.pt, or an exported .onnx) on a slice of a data set's split."""
-    from yoloprune.data import load_split, subset, take_slice
-    from yoloprune.evaluate import OnnxDetector, calibration_batches, evaluate as run_eval, recalibrate_bn
 
     if val_images is not None and val_images < 1:
         raise UserError(f"--val-images must be >= 1, got {val_images}")
@@ -138,17 +96,54 @@ def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_imag
     det = load_split(data, split, loaded.model.names, image_dir)
     det = subset(det, take_slice(det, val_images, slice_seed))
     if recalibrate:
-        from yoloprune.data import dataset_yaml
-
         info = dataset_yaml(data)
         calib_split = "calib" if info.get("calib") else "train"
         recalibrate_bn(loaded.model, calibration_batches(data, calib_split, calib_images, loaded.imgsz, batch))
     return run_eval(loaded.model, det, loaded.imgsz, batch)
 
 
-def param_count(model: nn.Module) -> int:
-    """Number of parameters of a model."""
-    return int(sum(p.numel() for p in model.parameters()))
+def search(weights: str | Path, data: str | Path, target_flops: float | None = None,
+           on_trial: Callable[[dict, dict, int], None] | None = None, log: Callable[[str], None] | None = None,
+           **options) -> dict:
+    """Search per-group rates (one-shot, staged with `stages=K`, or the sparsify recipe with `sparsify_epochs=S`);
+    `options` are SearchConfig fields (trials, strategy, max_latency_ms, finetune_epochs, ...). Returns the
+    summary (also in the run folder's summary.json)."""
+    from yoloprune.search.config import SearchConfig
+    from yoloprune.search.loop import run_search
+    from yoloprune.search.recipe import run_recipe
+    from yoloprune.search.staged import run_staged
+
+    cfg = SearchConfig(str(weights), str(data), target_flops, **options)
+    run = run_staged if cfg.stages is not None else run_recipe if cfg.sparsify_epochs else run_search
+    return run(cfg, on_trial, log)
+
+
+def finetune(weights: str | Path, data: str | Path, epochs: int = 10, distill: str | Path | None = None,
+             **overrides) -> Path:
+    """Fine-tune a (pruned) checkpoint with Ultralytics' trainer, keeping its architecture; returns best.pt."""
+    from yoloprune.training.finetune import finetune as run_finetune
+
+    return run_finetune(weights, data, epochs, distill=distill, **overrides)
+
+
+def sparsify(weights: str | Path, data: str | Path, epochs: int, l1: float | None = None,
+             log: Callable[[str], None] | None = None, **options) -> dict:
+    """Network slimming on a trained checkpoint (L1 on prunable BN scales) with its before/after report."""
+    from yoloprune.training.sparsify import DEFAULT_L1, run_sparsify
+
+    return run_sparsify(weights, data, epochs, DEFAULT_L1 if l1 is None else l1, log=log, **options)
+
+
+def bench(weights: list[str], imgsz: int | None = None, threads: tuple[int, ...] = (1, 2), batch: int = 1,
+          runs: int = 50, warmup: int = 10) -> list:
+    """ONNX export and ONNX Runtime CPU latency of models side by side (speedups over the first)."""
+    from yoloprune.latency.bench import benchmark
+
+    if imgsz is None:
+        if str(weights[0]).endswith(".onnx"):
+            raise UserError("--imgsz is required when the first model is an .onnx file")
+        imgsz = load(weights[0]).imgsz
+    return benchmark([str(w) for w in weights], imgsz, threads, batch, runs, warmup)
 
 
 def group_table(space: PruneSpace) -> list[dict]:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +21,26 @@ import torch
 import torch.nn as nn
 
 from yoloprune.errors import UserError
+
+
+@dataclass
+class LoadedModel:
+    """A user's model with what yoloprune needs to know about it."""
+
+    model: nn.Module
+    train_args: dict
+    source: str
+    imgsz: int
+
+
+def load(weights: str | Path, imgsz: int | None = None) -> LoadedModel:
+    """Load a .pt checkpoint or model YAML; `imgsz` defaults to the checkpoint's training size."""
+    model, train_args = load_model(weights)
+    size = imgsz or default_imgsz(train_args)
+    stride = int(max(model.stride)) if hasattr(model, "stride") else 32
+    if size % stride:
+        raise UserError(f"--imgsz {size} is not a multiple of the model stride {stride}")
+    return LoadedModel(model, train_args, str(weights), size)
 
 
 def load_model(weights: str | Path) -> tuple[nn.Module, dict]:
@@ -110,6 +131,14 @@ def save_checkpoint(model: nn.Module, out: str | Path, train_args: dict, provena
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
+
+
+def save_pruned(model: nn.Module, loaded: LoadedModel, out: str | Path, provenance: dict) -> Path:
+    """Save a model derived from `loaded` as a stock checkpoint, its source and `provenance` recorded inside."""
+    source = Path(loaded.source)
+    record = {"source": str(source), "source_sha256": file_sha256(source) if source.is_file() else None,
+              "imgsz": loaded.imgsz, **provenance}
+    return save_checkpoint(model, out, dict(loaded.train_args) or {"imgsz": loaded.imgsz}, record)
 
 
 def _plain(obj):

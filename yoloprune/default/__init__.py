@@ -1,0 +1,1 @@
+"""The embedded default problem (synthetic shapes data, bundled weights) and the demo that runs on it."""

@@ -1,0 +1,1 @@
+"""What a model is worth: data splits, inference, pycocotools mAP, BatchNorm calibration, search scores."""

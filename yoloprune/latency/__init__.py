@@ -1,0 +1,1 @@
+"""ONNX Runtime latency: export and timing (bench), and the latency model a budget projects with."""

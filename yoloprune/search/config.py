@@ -1,0 +1,101 @@
+"""What a search run depends on (`SearchConfig`), which of it is the run's identity, and its validation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from yoloprune.errors import UserError
+from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
+from yoloprune.search.executors import check_parallel
+from yoloprune.search.strategies import STRATEGIES
+from yoloprune.structure.importance import CRITERIA, DEFAULT_CRITERION
+from yoloprune.training.sparsify import DEFAULT_L1, check_l1
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search run depends on (its identity is checked on resume)."""
+
+    weights: str
+    data: str
+    target_flops: float | None = None
+    max_latency_ms: float | None = None
+    min_speedup: float | None = None  # latency budget as measured speedup over the unpruned model on this machine
+    latency_threads: int = 1
+    latency_models: int = 60
+    trials: int = 60
+    strategy: str = "hdbo"
+    val_images: int = 200
+    slice_seed: int = 0  # the search slice is a seeded random draw from val, recorded in the run
+    calib_images: int = CALIB_IMAGES
+    imgsz: int | None = None
+    seed: int = 0
+    criterion: str = DEFAULT_CRITERION
+    round_to: int = 8
+    recalibrate: bool = True
+    project: str = "runs/search"
+    name: str | None = None
+    resume: bool = False
+    finetune_epochs: int = 0
+    finetune_fraction: float = 1.0
+    distill_from: str | None = None  # teacher checkpoint of every fine-tune and recovery (the unpruned model)
+    score: str = DEFAULT_SCORE
+    stages: int | str | None = None
+    recover_epochs: int = 1
+    sparsify_epochs: int = 0  # the recipe: network slimming first, then search, prune and fine-tune
+    l1: float = DEFAULT_L1
+    workers: int = 1
+    worker_cpus: int | None = None
+    worker_gpus: float = 0.0
+    ray_address: str | None = None
+
+
+IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "min_speedup", "imgsz", "criterion", "round_to", "val_images",
+            "calib_images", "recalibrate", "strategy", "seed", "trials", "score", "stages", "recover_epochs",
+            "distill_from", "slice_seed", "sparsify_epochs", "l1")
+LATENCY_IDENTITY = ("latency_threads", "latency_models")
+
+
+def check_config(cfg: SearchConfig) -> None:
+    """Refuse, with one UserError line, a configuration that cannot run."""
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy '{cfg.strategy}' (choose from {', '.join(STRATEGIES)})")
+    if cfg.trials < 1:
+        raise UserError(f"--trials must be >= 1, got {cfg.trials}")
+    if cfg.val_images < 1 or cfg.calib_images < 1:
+        raise UserError("--val-images and --calib-images must be >= 1 (use --no-recalibrate to skip calibration)")
+    if not cfg.weights.endswith(".pt"):
+        raise UserError(f"search needs a trained .pt checkpoint, got {cfg.weights}")
+    if not Path(cfg.data).is_file():
+        raise UserError(f"data file not found: {cfg.data} (give a dataset YAML or a COCO annotation JSON)")
+    if cfg.target_flops is None and cfg.max_latency_ms is None and cfg.min_speedup is None:
+        raise UserError("give --target-flops, --max-latency-ms, --min-speedup or a combination")
+    if cfg.target_flops is not None and not 0.0 < cfg.target_flops < 1.0:
+        raise UserError(f"--target-flops {cfg.target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
+    if cfg.max_latency_ms is not None and cfg.max_latency_ms <= 0:
+        raise UserError(f"--max-latency-ms {cfg.max_latency_ms} must be > 0")
+    if cfg.min_speedup is not None and cfg.min_speedup <= 1.0:
+        raise UserError(f"--min-speedup {cfg.min_speedup} must be > 1: the measured speedup over the unpruned model")
+    if cfg.finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
+    if not 0.0 < cfg.finetune_fraction <= 1.0:
+        raise UserError(f"--finetune-fraction {cfg.finetune_fraction} must lie in (0, 1]: the share of the train split")
+    if cfg.distill_from is not None and not (cfg.finetune_epochs or (cfg.stages and cfg.recover_epochs)):
+        raise UserError("--distill distils during fine-tuning: add --finetune-epochs N (or --stages K)")
+    if cfg.distill_from is not None and not Path(cfg.distill_from).is_file():
+        raise UserError(f"teacher checkpoint not found: {cfg.distill_from}")
+    if cfg.score not in SCORES:
+        raise UserError(f"unknown score '{cfg.score}' (choose from {', '.join(SCORES)})")
+    if cfg.score == "recovered" and not cfg.recalibrate:
+        raise UserError("--score recovered trains on the calibration batches: it cannot go with --no-recalibrate")
+    check_parallel(cfg.workers, cfg.worker_cpus, cfg.worker_gpus, cfg.ray_address)
+    cores = os.cpu_count() or 1
+    if not 1 <= cfg.latency_threads <= cores:
+        raise UserError(f"--latency-threads {cfg.latency_threads} must lie in 1..{cores} (visible cores)")
+    if cfg.sparsify_epochs < 0:
+        raise UserError(f"--sparsify-epochs must be >= 1 (or left out), got {cfg.sparsify_epochs}")
+    check_l1(cfg.l1)
+    if cfg.criterion not in CRITERIA:
+        raise UserError(f"unknown criterion '{cfg.criterion}' (choose from {', '.join(CRITERIA)})")

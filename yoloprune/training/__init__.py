@@ -1,0 +1,1 @@
+"""Training stages on Ultralytics' trainer that keep a model's (pruned) architecture: fine-tune, sparsify."""

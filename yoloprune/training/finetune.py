@@ -1,0 +1,79 @@
+"""Fine-tuning that keeps the pruned architecture, on Ultralytics' own trainer.
+
+`YOLO(pruned.pt).train()` rebuilds the network from `model.yaml` and copies only tensors of
+matching shape, silently undoing the pruning. `PrunedDetectionTrainer.get_model` returns the
+checkpoint's own network instead (resume included), so data pipeline, augmentation, EMA,
+schedulers, checkpoints and validation stay Ultralytics'. With `distill`, Ultralytics'
+DistillationModel adds a feature loss against a teacher (the unpruned model) at the Detect
+inputs; its checkpoints keep only the student, so the result loads like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ultralytics.models.yolo.detect import DetectionTrainer
+
+from yoloprune.checkpoint import load_model
+from yoloprune.errors import UserError
+from yoloprune.evaluation.data import check_classes
+from yoloprune.threads import torch_threads
+
+# Short recovery schedules: little warmup and a lower SGD rate than training from scratch.
+FINETUNE_DEFAULTS = {"optimizer": "SGD", "lr0": 0.002, "lrf": 0.1, "warmup_epochs": 0.5, "close_mosaic": 0,
+                     "amp": False, "plots": False, "pretrained": True}
+
+
+class PrunedDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer whose model is the loaded (pruned) network, never a rebuild from YAML."""
+
+    def get_model(self, cfg=None, weights: torch.nn.Module | None = None, verbose: bool = True):
+        if not isinstance(weights, torch.nn.Module):
+            raise UserError("fine-tuning needs the pruned checkpoint's network; pass its .pt file")
+        model = weights.float()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if hasattr(self, "set_model_names_for_load"):
+            model = self.set_model_names_for_load(model)
+        return model
+
+
+def train_args_for(weights: str | Path, data: str | Path, epochs: int, overrides: dict) -> dict:
+    """The trainer overrides for training `weights` (checked: a loadable .pt, a data set with the model's classes)
+    `epochs` epochs on `data`: FINETUNE_DEFAULTS, then `overrides` (None values ignored)."""
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    weights = Path(weights)
+    if weights.suffix != ".pt":
+        raise UserError(f"training needs a .pt checkpoint, got {weights}")
+    model, train_args = load_model(weights)  # clear errors for a missing or foreign file
+    check_classes(model.names, data)
+    args = {**FINETUNE_DEFAULTS, "model": str(weights), "data": str(data), "epochs": epochs, "device": "cpu",
+            "imgsz": overrides.pop("imgsz", None) or train_args.get("imgsz", 640), "exist_ok": False}
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    if args.get("project"):  # Ultralytics re-roots a relative project under runs/detect/
+        args["project"] = str(Path(args["project"]).resolve())
+    return args
+
+
+def finetune(weights: str | Path, data: str | Path, epochs: int = 10, distill: str | Path | None = None,
+             **overrides) -> Path:
+    """Fine-tune a pruned checkpoint, distilling from the `distill` checkpoint if given; returns the path of
+    best.pt (same shapes as the input)."""
+    args = train_args_for(weights, data, epochs, overrides)
+    if distill is not None:
+        if Path(distill).suffix != ".pt":
+            raise UserError(f"--distill needs the trained .pt checkpoint of the unpruned model, got {distill}")
+        if not Path(distill).is_file():
+            raise UserError(f"teacher checkpoint not found: {distill}")
+        teacher, _ = load_model(distill)
+        student, _ = load_model(weights)
+        if teacher.yaml.get("nc") != student.yaml.get("nc"):
+            raise UserError(f"--distill {distill} predicts {teacher.yaml.get('nc')} classes, the pruned model "
+                            f"{student.yaml.get('nc')}: distil from the model it was pruned from")
+        args["distill_model"] = str(Path(distill).resolve())
+    trainer = PrunedDetectionTrainer(overrides=args)
+    with torch_threads():
+        trainer.train()
+    return Path(trainer.best if Path(trainer.best).exists() else trainer.last)
