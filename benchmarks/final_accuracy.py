@@ -29,8 +29,6 @@ import numpy as np
 
 from yoloprune import api
 from yoloprune.default.problem import default_dataset
-from yoloprune.search.config import SearchConfig
-from yoloprune.search.loop import run_search
 
 CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
 ROWS = ("reference", "uniform", "hdbo", "hdbo-distill", "sparsify2", "sparsify2-distill", "sparsify4", "staged")
@@ -74,18 +72,25 @@ def main() -> None:
 def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
     """Train and prune one row; returns the final weights and what the row measured on the way."""
     if row == "reference":
-        from yoloprune.training.finetune import finetune
-
-        tuned = finetune(args.weights, data, args.epochs, project=str(run), name="finetune", workers=2)
+        tuned = api.finetune(args.weights, data, args.epochs, project=str(run), name="finetune", workers=2)
         return {"weights": str(tuned), "flops_ratio": 1.0, "curve": val_curve(tuned)}
-    cfg = SearchConfig(args.weights, data, args.budget, trials=args.trials, seed=seed, project=str(run.parent),
-                       name=run.name, finetune_epochs=args.epochs,
-                       distill_from=args.weights if row.endswith("-distill") else None,
-                       strategy="uniform" if row == "uniform" else "hdbo")
-    s = run_search(cfg)
+    name = row.removesuffix("-distill")
+    sparsify = int(name.removeprefix("sparsify")) if name.startswith("sparsify") else 0
+    options = {"trials": args.trials, "seed": seed, "project": str(run.parent), "name": run.name,
+               "distill_from": args.weights if row.endswith("-distill") else None,
+               "strategy": "uniform" if name == "uniform" else "hdbo"}
+    if name == "staged":
+        s = api.search(args.weights, data, args.budget, stages=2, recover_epochs=args.epochs // 2, **options)
+        last = s["stage_summaries"][-1]
+        return {"weights": last["finetuned"], "flops_ratio": s["flops_ratio"], "params": s["params"],
+                "stage_maps_before_recovery": [x["best"]["final_check_map50_95"] for x in s["stage_summaries"]],
+                "curve": val_curve(Path(last["finetuned"]))}
+    s = api.search(args.weights, data, args.budget, finetune_epochs=args.epochs - sparsify, sparsify_epochs=sparsify,
+                   **options)
+    extra = {"sparsify": {k: s["recipe"][k] for k in ("l1", "prunability", "sparsify_wrecked")}} if sparsify else {}
     return {"weights": s["finetuned"], "flops_ratio": s["best"]["flops_ratio"], "params": s["best"]["params"],
             "map50_95_before_finetune": s["best"]["final_check_map50_95"], "regime": s["regime"],
-            "curve": val_curve(Path(s["finetuned"]))}
+            "curve": val_curve(Path(s["finetuned"])), **extra}
 
 
 def val_curve(best: Path) -> list[float]:
