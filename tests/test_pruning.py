@@ -158,3 +158,26 @@ def test_bn_criterion_on_a_model_without_batchnorm_falls_back_to_l1():
     assert unit_scores(space, "bn") == unit_scores(space, "l1"), "not the lowest-index channels"
     result = prune_by_rates(model, space, {n: 0.5 for n in space.names}, "bn")
     assert result.criterion == "l1", "the saved provenance names the criterion that ranked the channels"
+
+
+@pytest.mark.parametrize("mode", ["train", "fused"])
+def test_probe_holds_a_group_whose_training_or_fused_forward_breaks(mode):
+    """A block that reads its width only in training mode (recoveries) or once fused (evaluation, export) breaks
+    there alone: the probe runs those forwards too and holds the group fixed."""
+    import types
+
+    model = build("yolov8n.yaml")
+    block = model.model[2]  # C2f
+    full = block.cv2.conv.out_channels
+
+    def forward(self, x, stock=type(block).forward):
+        breaks = self.training if mode == "train" else not hasattr(self.cv2, "bn")
+        if breaks and self.cv2.conv.out_channels != full:
+            raise RuntimeError("this forward needs its full width")
+        return stock(self, x)
+
+    block.forward = types.MethodType(forward, block)  # deep copies rebind it to the copied block
+    space = analyse(model, imgsz=96)
+    assert "model.2.cv2" not in space.names
+    assert {"module": "model.2.cv2", "reason": "its forward reads the channel count (held fixed)"} in space.fixed
+    assert "model.4.cv2" in space.names, "only the breaking group is held"

@@ -48,8 +48,8 @@ def test_l1_pull_reaches_the_prunable_bn_scales_only():
 def test_sparsify_lowers_prunable_bn_scales_and_keeps_the_architecture(tmp_path, tiny_weights, tiny_data):
     from ultralytics import YOLO
 
-    s = api.sparsify(tiny_weights, tiny_data.yaml_path, 2, l1=5.0, val_images=6, calib_images=8, batch=4, nbs=4,
-                     workers=0, project=str(tmp_path / "runs"), name="exp", verbose=False)
+    s = api.sparsify(tiny_weights, tiny_data.yaml_path, 2, l1=20.0, val_images=6, calib_images=8, batch=4, nbs=4,
+                     warmup_epochs=0, workers=0, project=str(tmp_path / "runs"), name="exp", verbose=False)
     before, after = api.load(tiny_weights).model, YOLO(s["weights"]).model  # a stock checkpoint
     assert [p.shape for p in after.parameters()] == [p.shape for p in before.parameters()]
     masks = prunable_bn_masks(analyse(before, 96))
@@ -57,7 +57,7 @@ def test_sparsify_lowers_prunable_bn_scales_and_keeps_the_architecture(tmp_path,
     assert s["bn_scales"]["after"]["median"] < s["bn_scales"]["before"]["median"]
     assert set(s["prunability"]["after"]) >= {"target_flops", "unpruned_map50_95", "uniform_map50_95"}
     run_dir = tmp_path / "runs" / "exp"
-    assert (run_dir / "bn_scales.png").exists() and json.loads((run_dir / "sparsify.json").read_text())["l1"] == 5.0
+    assert (run_dir / "bn_scales.png").exists() and json.loads((run_dir / "sparsify.json").read_text())["l1"] == 20.0
 
 
 def test_sparsify_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_weights, tiny_data, default_problem):

@@ -60,9 +60,9 @@ def add_parser(sub) -> None:
     p.add_argument("--recover-epochs", type=int, default=1,
                    help="fine-tune epochs after every stage of --stages (default 1)")
     p.add_argument("--sparsify-epochs", type=int, default=None,
-                   help="the recovery recipe: network slimming for this many epochs first (L1 on the prunable BN scales, "
-                        "see `yoloprune sparsify`), then search, prune and fine-tune --finetune-epochs (with --distill, "
-                        "from the original model); drops are reported against the original")
+                   help="the recovery recipe: network slimming for this many epochs first (L1 on the prunable BN "
+                        "scales, see `yoloprune sparsify`), then search, prune and fine-tune --finetune-epochs (with "
+                        "--distill, from the original model); drops are reported against the original")
     p.add_argument("--l1", type=float, default=DEFAULT_L1,
                    help=f"L1 pull on BN scales during --sparsify-epochs (default {DEFAULT_L1})")
     p.add_argument("--workers", type=int, default=1,

@@ -15,8 +15,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True, help="Ultralytics dataset YAML with the model's classes")
     p.add_argument("--epochs", type=int, required=True, help="training epochs with the penalty")
     p.add_argument("--l1", type=float, default=DEFAULT_L1,
-                   help=f"pull on each prunable |BN scale| per nominal batch of 64 images, relative to Ultralytics' "
-                        f"loss (default {DEFAULT_L1}, chosen by benchmarks/sparsify_lambda.py)")
+                   help=f"L1 strength: every optimizer step shrinks each prunable |BN scale| by learning rate x L1, "
+                        f"stopping at zero (default {DEFAULT_L1}, chosen by benchmarks/sparsify_lambda.py)")
     p.add_argument("--fraction", type=float, default=1.0, help="share of the train split per epoch (default 1.0)")
     p.add_argument("--target-flops", type=float, default=0.5,
                    help=f"budget of the prunability readout (uniform rates, BN recalibrated): {FLOPS_HELP}")

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 from yoloprune import api
+from yoloprune.atomic import write_text_atomic
 from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
 from yoloprune.errors import UserError
-from yoloprune.search.store import write_text_atomic
 
 FULL = {"trials": 12, "val_images": 100, "calib_images": 128, "epochs": 1, "fraction": 0.5, "test_images": 300,
         "bench_runs": 30}

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from yoloprune.atomic import write_text_atomic
 from yoloprune.cache import cache_root
 from yoloprune.errors import UserError
 from yoloprune.structure.pruner import prune
@@ -226,10 +227,7 @@ def latency_model(timer: PairedTimer, weights_sha256: str, models: int = 60,
             log(f"latency model: measured {len(measured)}/{models} ({measured[-1]:.2f} ms)")
     model = fit(space, rates, np.array(measured), key, held_out)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(model), indent=2))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(asdict(model), indent=2))
     except OSError as e:
         if log:
             log(f"latency model not cached ({e}); the next search fits it again")

@@ -108,7 +108,7 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
                 t0 = time.perf_counter()
                 t = free.pop(0)
                 pending = np.array([space.rates_vector(r) for r in pool.in_flight()]) if proposed else None
-                history = np.array([space.rates_vector(x["rates"]) for x in trials]).reshape(len(trials), len(space.groups))
+                history = np.array([space.rates_vector(x["rates"]) for x in trials]).reshape(-1, len(space.groups))
                 rates, phase = strategy.propose(history, np.array([x["score"] for x in trials]), t, pending)
                 proposed[t] = rates, phase, time.perf_counter() - t0
                 pool.submit(t, dict(zip(space.names, map(float, rates))))

@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+from yoloprune.atomic import write_text_atomic
 from yoloprune.errors import UserError
 
 
@@ -33,14 +34,6 @@ def run_dir_for(project: str | Path, name: str | None, resume: bool) -> Path:
         return target
     n = max((int(p.name[3:] or 1) for p in runs), default=0) + 1
     return project / ("exp" if n == 1 else f"exp{n}")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `path` whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunStore:

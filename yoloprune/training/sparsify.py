@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from yoloprune.atomic import write_text_atomic
 from yoloprune.checkpoint import load
 from yoloprune.errors import UserError
 from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.evaluation.scores import CALIB_IMAGES
 from yoloprune.search.budget import Budget
-from yoloprune.search.store import write_text_atomic
 from yoloprune.structure.groups import analyse
 from yoloprune.structure.pruner import prune
 from yoloprune.structure.space import PruneSpace
@@ -41,8 +41,6 @@ DEFAULT_L1 = 1.0
 SMALL_SCALE = 0.01  # |gamma| under this counts as switched off
 # a sparsified model whose unpruned mAP (recalibrated) falls under this share of the original's is reported wrecked
 WRECK_SHARE = 0.9
-# sparsify trains at the Ultralytics default rate: the fine-tune rate (0.002) moves BN scales too slowly to slim
-SPARSIFY_DEFAULTS = {"lr0": 0.01, "warmup_epochs": 0.0}
 
 
 def prunable_bn_masks(space: PruneSpace) -> dict[str, torch.Tensor]:
@@ -111,7 +109,8 @@ def sparsify(weights: str | Path, data: str | Path, epochs: int, masks: dict[str
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     if not masks:
         raise UserError(f"{weights} has no BatchNorm on prunable channels: network slimming needs BatchNorm scales")
-    args = train_args_for(weights, data, epochs, {**SPARSIFY_DEFAULTS, **overrides})
+    args = train_args_for(weights, data, epochs, overrides)  # the fine-tune schedule: measured, the from-scratch
+    # rate (lr0 0.01, no warmup) cost a converged model 15% of its mAP in one epoch without any penalty
     trainer = SlimmingTrainer(overrides=args, l1=l1, masks=masks)
     with torch_threads():
         trainer.train()
