@@ -44,9 +44,9 @@ def main() -> None:
             s = api.sparsify(args.weights, data.yaml_path, args.epochs, l1, target_flops=args.budget,
                              fraction=args.fraction, lr0=args.lr0, project=str(run.parent), name=run.name, workers=2,
                              verbose=False)
+            kept = {k: s[k] for k in ("bn_scales", "prunability", "unpruned_map_kept", "wrecked")}
             log.append(unit, {"model": model, "l1": l1, "lr0": args.lr0, "epochs": args.epochs,
-                              "fraction": args.fraction, "budget": args.budget, **{k: s[k] for k in ("bn_scales", "prunability",
-                                                                           "unpruned_map_kept", "wrecked")}})
+                              "fraction": args.fraction, "budget": args.budget, **kept})
         r = log.done()[unit]
         before, after = r["prunability"]["before"], r["prunability"]["after"]
         print(f"l1 {l1:<6} unpruned {before['unpruned_map50_95']:.4f} -> {after['unpruned_map50_95']:.4f}  uniform at "
