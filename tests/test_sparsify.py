@@ -93,6 +93,10 @@ def test_recipe_bad_input_exits_2(tmp_path, tiny_weights, tiny_data):
                                        "--finetune-epochs", "1", "--l1", "-1")), "--l1")
     assert_clean_error(run(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "1",
                                        "--finetune-epochs", "1", "--stages", "2")), "--stages")
+    fused = DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval().fuse(verbose=False)
+    save_checkpoint(fused, tmp_path / "fused.pt", {"imgsz": 96}, {})
+    assert_clean_error(run(*recipe_cmd(tmp_path / "fused.pt", tiny_data.yaml_path, project, "--sparsify-epochs", "1",
+                                       "--finetune-epochs", "1")), "no BatchNorm")
     assert not project.exists()
 
 

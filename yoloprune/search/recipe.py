@@ -20,7 +20,8 @@ from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.search.config import IDENTITY, SearchConfig, check_config
 from yoloprune.search.loop import run_search
 from yoloprune.search.store import RunStore, run_dir_for
-from yoloprune.training.sparsify import run_sparsify
+from yoloprune.structure.groups import analyse
+from yoloprune.training.sparsify import prunable_bn_masks, run_sparsify
 
 READOUT_FLOPS = 0.5  # the sparsify stage's prunability readout when the budget is a latency only
 
@@ -42,6 +43,9 @@ def run_recipe(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     check_recipe(cfg)
     original = load(cfg.weights, cfg.imgsz)  # a missing or foreign file fails before anything is written
     check_classes(original.model.names, cfg.data)
+    if not prunable_bn_masks(analyse(original.model, original.imgsz, cfg.round_to)):
+        raise UserError(f"{cfg.weights} has no BatchNorm on prunable channels: --sparsify-epochs slims BatchNorm "
+                        f"scales; leave it out for this model")
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
     meta = {**asdict(cfg), "imgsz": original.imgsz, "weights_sha256": file_sha256(cfg.weights)}
     if cfg.resume:
