@@ -128,7 +128,11 @@ def label_boxes(path: Path) -> np.ndarray:
     rows = []
     text = path.read_text() if path.is_file() else ""
     for line in text.splitlines():
-        values = [float(v) for v in line.split()]
+        try:
+            values = [float(v) for v in line.split()]
+        except ValueError:
+            raise UserError(f"{path}: a label row must be numbers (class x y w h, or a polygon), got {line.strip()!r}"
+                            ) from None
         if len(values) == 5:
             rows.append(values)
         elif len(values) > 5:

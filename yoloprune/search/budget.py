@@ -2,7 +2,7 @@
 
 A proposal x (one prune rate per group) is shifted by a common t, x' = clip(x + t, 0, r_max),
 with t the smallest shift (found by bisection) whose realised FLOPs, rounding included, and
-estimated latency (latency.py, with its margin) meet the budget: proposals land just under it,
+estimated latency (latency/model.py, with its margin) meet the budget: proposals land just under it,
 where the optimum of "most mAP under a budget" lies; no trial is spent far inside it, and none
 above it.
 """

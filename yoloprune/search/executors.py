@@ -3,9 +3,10 @@
 `LocalPool` scores one candidate at a time in this process and never imports Ray. `RayPool`
 runs N `TrialWorker` actors; each loads the base model and letterboxes the search slice and
 calibration images once, then prunes, recalibrates and scores the candidates it is sent. The
-search loop (search.py) is the same for both: it submits while a worker is idle, proposing
+search loop (loop.py) is the same for both: it submits while a worker is idle, proposing
 each candidate given the ones still in flight, and records results in the order they finish.
-A worker that dies is replaced and its candidate resubmitted under the same trial id.
+A worker that dies is replaced and its candidate resubmitted under the same trial id, up to
+MAX_TRIAL_RETRIES times; then the trial fails with its reason (scored 0).
 
 Without `--ray-address` the run starts a private local Ray instance (never the cluster that
 RAY_ADDRESS names) and shuts it down at the end; with it, the run joins that cluster, whose

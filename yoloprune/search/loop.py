@@ -17,6 +17,7 @@ import yaml
 
 from yoloprune.checkpoint import file_sha256, load, save_pruned
 from yoloprune.errors import UserError
+from yoloprune.evaluation.data import check_classes
 from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.latency.model import LOCAL_POINTS, LatencyModel, PairedTimer, cache_dir, calibrated, latency_model
 from yoloprune.search.budget import Budget
@@ -32,6 +33,10 @@ from yoloprune.structure.pruner import prune_by_rates
 MIN_BINDING_CUT = 0.02  # a latency budget must ask for at least this much less than the unpruned model measures
 
 
+class BudgetDoesNotBind(UserError):
+    """The latency budget is at or above what the unpruned model measures: every trial would be that model."""
+
+
 def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | None = None,
                log: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) a search and return its summary (also written to summary.json)."""
@@ -41,6 +46,8 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     if log and effective_criterion(space, cfg.criterion) != cfg.criterion:
         log(f"criterion '{cfg.criterion}': {cfg.weights} has no BatchNorm; ranking channels by "
             f"'{effective_criterion(space, cfg.criterion)}' instead")
+    if not str(cfg.data).endswith(".json"):
+        check_classes(loaded.model.names, cfg.data)  # before anything is written
     sha = file_sha256(cfg.weights)
     total = STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials)
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
@@ -75,7 +82,7 @@ def latency_limit(cfg: SearchConfig, unpruned_ms: float, log=None) -> float:
     """The ms budget (the tighter of --max-latency-ms and --min-speedup); refused unless it binds."""
     limit = min(cfg.max_latency_ms or np.inf, unpruned_ms / cfg.min_speedup if cfg.min_speedup else np.inf)
     if limit > unpruned_ms * (1.0 - MIN_BINDING_CUT):
-        raise UserError(f"the latency budget {limit:.2f} ms does not bind: the unpruned model measures "
+        raise BudgetDoesNotBind(f"the latency budget {limit:.2f} ms does not bind: the unpruned model measures "
                         f"{unpruned_ms:.2f} ms here ({cfg.latency_threads} thread(s)); ask for at least "
                         f"{MIN_BINDING_CUT:.0%} less (--max-latency-ms below {unpruned_ms * (1 - MIN_BINDING_CUT):.2f}"
                         f" or --min-speedup above {1 / (1 - MIN_BINDING_CUT):.2f})")

@@ -4,7 +4,8 @@ sparsify (network slimming, S epochs) -> search on the sparsified model -> prune
 candidate -> fine-tune E epochs (distilled from the user's original model with --distill).
 The run folder keeps every stage: `sparsify/` (Ultralytics run, sparsify.json, bn_scales.png),
 `search/` (an ordinary search run with its pruned and fine-tuned checkpoints) and the recipe's
-own meta.json and summary.json; `--resume` skips finished stages. Every mAP drop is reported
+own meta.json and summary.json; `--resume` skips finished stages (a latency budget that does not
+bind is found only when the search stage starts: the sparsified model is timed then). Every mAP drop is reported
 against the original model on the same final-check images.
 """
 
@@ -17,10 +18,12 @@ from yoloprune.checkpoint import file_sha256, load
 from yoloprune.errors import UserError
 from yoloprune.evaluation.data import check_classes
 from yoloprune.evaluation.evaluator import TrialEvaluator
+from yoloprune.search.budget import Budget
 from yoloprune.search.config import IDENTITY, SearchConfig, check_config
 from yoloprune.search.loop import run_search
 from yoloprune.search.store import RunStore, run_dir_for
 from yoloprune.structure.groups import analyse
+from yoloprune.training.finetune import train_args_for
 from yoloprune.training.sparsify import prunable_bn_masks, run_sparsify
 
 READOUT_FLOPS = 0.5  # the sparsify stage's prunability readout when the budget is a latency only
@@ -43,9 +46,13 @@ def run_recipe(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     check_recipe(cfg)
     original = load(cfg.weights, cfg.imgsz)  # a missing or foreign file fails before anything is written
     check_classes(original.model.names, cfg.data)
-    if not prunable_bn_masks(analyse(original.model, original.imgsz, cfg.round_to)):
+    space = analyse(original.model, original.imgsz, cfg.round_to)
+    if not prunable_bn_masks(space):
         raise UserError(f"{cfg.weights} has no BatchNorm on prunable channels: --sparsify-epochs slims BatchNorm "
                         f"scales; leave it out for this model")
+    if cfg.target_flops is not None:
+        Budget(space, cfg.target_flops)  # an impossible budget fails now, not after the sparsify epochs
+    train_args_for(cfg.weights, cfg.data, cfg.sparsify_epochs, {})
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
     meta = {**asdict(cfg), "imgsz": original.imgsz, "weights_sha256": file_sha256(cfg.weights)}
     if cfg.resume:
@@ -67,9 +74,13 @@ def run_recipe(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     if log:
         log(f"recipe 2/3: search on the sparsified model; 3/3: fine-tune {cfg.finetune_epochs} epoch(s)"
             + (" distilled from the original" if cfg.distill_from else ""))
-    search = replace(cfg, weights=sparsified["weights"], project=str(store.dir), name="search",
-                     resume=RunStore(store.path("search")).has("meta.json"), sparsify_epochs=0)
-    summary = run_search(search, on_trial, log)
+    searched = RunStore(store.path("search"))
+    if searched.has("summary.json"):
+        summary = searched.read_json("summary.json")
+    else:
+        search = replace(cfg, weights=sparsified["weights"], project=str(store.dir), name="search",
+                         resume=searched.has("meta.json"), sparsify_epochs=0)
+        summary = run_search(search, on_trial, log)
 
     evaluator = TrialEvaluator(cfg.data, original.model.names, original.imgsz, cfg.val_images, recalibrate=False,
                                slice_seed=cfg.slice_seed)

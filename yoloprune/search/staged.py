@@ -23,7 +23,7 @@ from yoloprune.errors import UserError
 from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.search.budget import Budget
 from yoloprune.search.config import IDENTITY, SearchConfig, check_config
-from yoloprune.search.loop import run_search
+from yoloprune.search.loop import BudgetDoesNotBind, run_search
 from yoloprune.search.report import COLLAPSE_SHARE, unpruned_map
 from yoloprune.search.store import RunStore, run_dir_for
 from yoloprune.structure.groups import analyse
@@ -73,7 +73,7 @@ def auto_stages(cfg: SearchConfig, log: Callable[[str], None] | None = None) -> 
     ev = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
                         recalibrate=cfg.recalibrate, slice_seed=cfg.slice_seed)
     reference = unpruned_map(loaded, ev)
-    most = min(MAX_AUTO_STAGES, stage_limit(cfg.target_flops), cfg.trials // MIN_STAGE_TRIALS)
+    most = max(1, min(MAX_AUTO_STAGES, stage_limit(cfg.target_flops), cfg.trials // MIN_STAGE_TRIALS))
     for k in range(1, most + 1):
         step = cfg.target_flops ** (1.0 / k)
         rates = Budget(space, step).project(np.zeros((1, len(space.groups))))[0]
@@ -120,7 +120,13 @@ def run_staged(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
                           name=stage.dir.name, resume=stage.has("meta.json"), stages=None,
                           finetune_epochs=cfg.recover_epochs,
                           max_latency_ms=cfg.max_latency_ms if k == stages else None)
-            summary = run_search(sub, on_trial, log)
+            try:
+                summary = run_search(sub, on_trial, log)
+            except BudgetDoesNotBind:  # the earlier stages' FLOPs cuts already brought the model under the limit
+                if log:
+                    log(f"stage {k}: --max-latency-ms {cfg.max_latency_ms} no longer binds on this stage's input; "
+                        f"the stage searches on FLOPs alone")
+                summary = run_search(replace(sub, max_latency_ms=None), on_trial, log)
         summaries.append(summary)
         weights = summary.get("finetuned") or summary["pruned"]
     return _finish_staged(cfg, store, original, base_flops, weights, summaries)

@@ -71,10 +71,16 @@ class SlimmingTrainer(PrunedDetectionTrainer):
         self.l1, self.masks = l1, masks or {}
 
     def optimizer_step(self) -> None:
-        super().optimizer_step()
+        ema, self.ema = self.ema, None  # the stock step updates the EMA last: shrink first, so the EMA sees it
+        try:
+            super().optimizer_step()
+        finally:
+            self.ema = ema
         lrs = {id(p): group["lr"] for group in self.optimizer.param_groups for p in group["params"]}
         shrink_bn_scales(self.model.module if hasattr(self.model, "module") else self.model, self.masks, self.l1,
                          lrs)
+        if self.ema:
+            self.ema.update(self.model)
 
 
 @torch.no_grad()
