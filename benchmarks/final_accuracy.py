@@ -58,7 +58,8 @@ def main() -> None:
                 if unit in log.done():
                     continue
                 run = RUNS / unit.replace("/", "-")
-                shutil.rmtree(run, ignore_errors=True)
+                if row == "reference" or not (run / "meta.json").exists():
+                    shutil.rmtree(run, ignore_errors=True)  # search rows resume a unit a killed session left
                 t0 = time.perf_counter()
                 result = run_row(row, seed, args, data, run)
                 test = api.evaluate(result.pop("weights"), data, split="test", val_images=500)
@@ -77,6 +78,7 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
     name = row.removesuffix("-distill")
     sparsify = int(name.removeprefix("sparsify")) if name.startswith("sparsify") else 0
     options = {"trials": args.trials, "seed": seed, "project": str(run.parent), "name": run.name,
+               "resume": (run / "meta.json").exists(),
                "distill_from": args.weights if row.endswith("-distill") else None,
                "strategy": "uniform" if name == "uniform" else "hdbo"}
     if name == "staged":
