@@ -111,3 +111,18 @@ def test_eval_json_on_yaml_and_coco(default_problem):
     assert ra["images"] == rb["images"] == 24
     assert ra["map50_95"] > 0.3, "a model that detects something: agreement between two zeros proves nothing"
     assert ra["map50_95"] == pytest.approx(rb["map50_95"], abs=1e-6)
+
+
+def test_prune_says_when_bn_falls_back_to_l1(tmp_path):
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yoloprune.checkpoint import save_checkpoint
+
+    fused = DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval().fuse(verbose=False)
+    save_checkpoint(fused, tmp_path / "fused.pt", {"imgsz": 96}, {})
+    out = run("prune", "--weights", str(tmp_path / "fused.pt"), "--ratio", "0.3", "--out", str(tmp_path / "p.pt"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "has no BatchNorm; channels ranked by 'l1'" in out.stdout
+    payload = json.loads(run("prune", "--weights", str(tmp_path / "fused.pt"), "--ratio", "0.3", "--out",
+                             str(tmp_path / "q.pt"), "--json").stdout)
+    assert payload["criterion"] == "l1"

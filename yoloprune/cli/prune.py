@@ -30,8 +30,11 @@ def run(args) -> None:
     out = api.save_pruned(result, loaded, args.out)
     payload = {"out": str(out), "flops_before": result.flops_before, "flops_after": result.flops_after,
                "flops_ratio": result.flops_after / result.flops_before,
-               "params_before": result.params_before, "params_after": result.params_after}
+               "params_before": result.params_before, "params_after": result.params_after,
+               "criterion": result.criterion}
     emit(args, payload, [
+        *([f"criterion '{args.criterion}': {args.weights} has no BatchNorm; channels ranked by '{result.criterion}'"]
+          if result.criterion != args.criterion else []),
         f"saved {out}",
         f"FLOPs  {result.flops_before / 1e9:.3f} G -> {result.flops_after / 1e9:.3f} G "
         f"({payload['flops_ratio']:.1%} kept) at {loaded.imgsz} px",
