@@ -53,9 +53,7 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
     meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names}
     timed = cfg.max_latency_ms is not None or cfg.min_speedup is not None
-    old = store.read_json("meta.json") if cfg.resume else {}
-    if cfg.resume:
-        store.check_identity(meta, IDENTITY + (LATENCY_IDENTITY if timed else ()))
+    old = store.check_identity(meta, IDENTITY + (LATENCY_IDENTITY if timed else ())) if cfg.resume else {}
     if cfg.target_flops is not None:
         Budget(space, cfg.target_flops)  # an impossible FLOPs budget fails before minutes of latency fitting
     latency, limit = None, cfg.max_latency_ms

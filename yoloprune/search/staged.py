@@ -95,8 +95,7 @@ def run_staged(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     meta = {**asdict(cfg), "weights_sha256": file_sha256(cfg.weights)}
     original_space = analyse(original.model, original.imgsz, cfg.round_to)
     if cfg.resume:
-        store.check_identity(meta, IDENTITY)
-        stages = store.read_json("meta.json")["stages_resolved"]
+        stages = store.check_identity(meta, IDENTITY)["stages_resolved"]
     else:
         Budget(original_space, cfg.target_flops)  # feasible at all?
         stages = auto_stages(cfg, log) if cfg.stages == "auto" else cfg.stages

@@ -80,9 +80,10 @@ class RunStore:
     def path(self, name: str) -> Path:
         return self.dir / name
 
-    def check_identity(self, meta: dict, keys: tuple[str, ...]) -> None:
-        """Refuse to resume a run whose recorded identity differs from `meta` in any of `keys`."""
+    def check_identity(self, meta: dict, keys: tuple[str, ...]) -> dict:
+        """The recorded meta of a run being resumed; refused when it differs from `meta` in any of `keys`."""
         old = self.read_json("meta.json")
         diff = [k for k in keys if old.get(k) != meta.get(k)]
         if diff:
             raise UserError(f"cannot resume {self.dir}: its {', '.join(diff)} differ from this command's")
+        return old

@@ -99,7 +99,12 @@ class Strategy:
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
-        self.init = initial_design(ctx)
+        self.init = self.design(ctx)
+
+    @staticmethod
+    def design(ctx: SearchContext) -> np.ndarray:
+        """The points proposed before the strategy's own rule (all of them, for a deterministic strategy)."""
+        return initial_design(ctx)
 
     @classmethod
     def evaluations(cls, trials: int) -> int:
@@ -127,9 +132,9 @@ class Uniform(Strategy):
 
     name, deterministic = "uniform", True
 
-    def __init__(self, ctx: SearchContext) -> None:
-        self.ctx = ctx
-        self.init = ctx.budget.project(np.zeros((1, len(ctx.space.groups))))
+    @staticmethod
+    def design(ctx: SearchContext) -> np.ndarray:
+        return ctx.budget.project(np.zeros((1, len(ctx.space.groups))))
 
 
 class GlobalThreshold(Strategy):
@@ -137,9 +142,9 @@ class GlobalThreshold(Strategy):
 
     name, deterministic = "global", True
 
-    def __init__(self, ctx: SearchContext) -> None:
-        self.ctx = ctx
-        self.init = global_threshold_rates(ctx)
+    @staticmethod
+    def design(ctx: SearchContext) -> np.ndarray:
+        return global_threshold_rates(ctx)
 
 
 class RandomSearch(Strategy):
