@@ -5,7 +5,11 @@ in results/search_quality.jsonl; rerun to continue, finished units are skipped.
     python benchmarks/search_quality.py [--trials 40] [--budgets 0.5,0.4,0.6] [--strategies ...]
 
 `hdbo-box` is the trust-region ablation: hdbo with every acquisition candidate drawn across the
-whole box instead of half of them around the incumbent.
+whole box instead of half of them around the incumbent. `sensitivity` is the peers' per-group scan: at
+--trials 40 a coarse scan of 12 blocks of groups (38 trials), at --trials 152 every group alone (its
+natural cost on the default problem's 50 groups). Rows carry the search slice's seed (--slice-seed); rows
+without one were scored on the first val images (before the slice became a seeded draw) and print as
+"first-N slice".
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from yoloprune.search.strategies import HDBO
 ABLATIONS = {"hdbo-box": ("hdbo", HDBO, "trust_region", False)}
 
 SEEDS = {0.5: (0, 1, 2), 0.4: (0,), 0.6: (0,)}
+SEED_FREE = ("uniform", "global", "sensitivity")  # the same run whatever the seed
 
 
 def main() -> None:
@@ -33,6 +38,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.5,0.4,0.6")
     parser.add_argument("--strategies", default="uniform,global,hdbo,random,bocr,saas")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2 at 50%%, else 0)")
+    parser.add_argument("--slice-seed", type=int, default=0)
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("search_quality")
@@ -41,14 +47,15 @@ def main() -> None:
         for budget in (float(b) for b in args.budgets.split(",")):
             for strategy in args.strategies.split(","):
                 seeds = tuple(map(int, args.seeds.split(","))) if args.seeds else SEEDS.get(budget, (0,))
-                for seed in ((0,) if strategy in ("uniform", "global") else seeds):
-                    unit = f"{strategy}/{budget}/{seed}/{args.trials}"
+                for seed in ((0,) if strategy in SEED_FREE else seeds):
+                    unit = f"{strategy}/{budget}/{seed}/{args.trials}/slice{args.slice_seed}"
                     if unit in log.done():
                         continue
                     run = Path("benchmarks/runs") / unit.replace("/", "-")
                     shutil.rmtree(run, ignore_errors=True)
-                    s = run_unit(data, budget, strategy, seed, args.trials, run)
+                    s = run_unit(data, budget, strategy, seed, args.trials, run, args.slice_seed)
                     log.append(unit, {"strategy": strategy, "budget": budget, "seed": seed, "trials": s["trials"],
+                                      "slice_seed": args.slice_seed,
                                       "search_map50_95": s["best"]["map50_95"],
                                       "final_check_map50_95": s["best"]["final_check_map50_95"],
                                       "flops_ratio": s["best"]["flops_ratio"],
@@ -58,7 +65,7 @@ def main() -> None:
     print_table(log.done())
 
 
-def run_unit(data, budget: float, strategy: str, seed: int, trials: int, run: Path) -> dict:
+def run_unit(data, budget: float, strategy: str, seed: int, trials: int, run: Path, slice_seed: int) -> dict:
     """One search; an ablation runs its base strategy with one class attribute switched."""
     base, cls, attr, value = ABLATIONS.get(strategy, (strategy, None, None, None))
     saved = getattr(cls, attr) if cls else None
@@ -66,7 +73,8 @@ def run_unit(data, budget: float, strategy: str, seed: int, trials: int, run: Pa
         setattr(cls, attr, value)
     try:
         return run_search(SearchConfig(str(DEFAULT_WEIGHTS), str(data.yaml_path), budget, trials=trials,
-                                       strategy=base, seed=seed, project=str(run.parent), name=run.name))
+                                       strategy=base, seed=seed, project=str(run.parent), name=run.name,
+                                       slice_seed=slice_seed))
     finally:
         if cls:
             setattr(cls, attr, saved)
@@ -81,11 +89,12 @@ def print_table(rows: dict[str, dict]) -> None:
             if deterministic.setdefault((r["strategy"], r["budget"]), r) is not r:
                 continue
         label = r["strategy"] if r["strategy"] in ("uniform", "global") else f"{r['strategy']} x{r['trials']}"
+        label += f" slice{r['slice_seed']}" if "slice_seed" in r else " first-N slice"
         cells.setdefault((label, r["budget"]), []).append(r)
     budgets = sorted({b for _, b in cells})
-    print(f"{'strategy':<14}" + "".join(f"{f'{b:.0%} FLOPs':>24}" for b in budgets) + "   BO overhead")
+    print(f"{'strategy':<30}" + "".join(f"{f'{b:.0%} FLOPs':>24}" for b in budgets) + "   BO overhead")
     for label in sorted({s for s, _ in cells}):
-        line, overhead = f"{label:<14}", []
+        line, overhead = f"{label:<30}", []
         for b in budgets:
             v = [r["final_check_map50_95"] for r in cells.get((label, b), [])]
             overhead += [r["bo_overhead_share"] for r in cells.get((label, b), [])]

@@ -25,7 +25,7 @@ from yoloprune.search.config import IDENTITY, LATENCY_IDENTITY, SearchConfig, ch
 from yoloprune.search.executors import CandidateScorer, LocalPool, RayPool, ScorerSpec
 from yoloprune.search.report import classify_regime, plot_run, unpruned_map
 from yoloprune.search.store import RunStore, run_dir_for
-from yoloprune.search.strategies import STRATEGY_CLASSES, make_strategy
+from yoloprune.search.strategies import SCAN_PHASE, STRATEGY_CLASSES, make_strategy, on_budget
 from yoloprune.structure.groups import analyse
 from yoloprune.structure.importance import effective_criterion, unit_scores
 from yoloprune.structure.pruner import prune_by_rates
@@ -49,7 +49,7 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     if not str(cfg.data).endswith(".json"):
         check_classes(loaded.model.names, cfg.data)  # before anything is written
     sha = file_sha256(cfg.weights)
-    total = STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials)
+    total = STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials, len(space.groups))
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
     meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names}
     timed = cfg.max_latency_ms is not None or cfg.min_speedup is not None
@@ -109,7 +109,7 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
     start = time.perf_counter()
     try:
         while free or proposed:
-            while free and pool.idle():
+            while free and pool.idle() and strategy.ready(free[0], len(proposed)):
                 t0 = time.perf_counter()
                 t = free.pop(0)
                 pending = np.array([space.rates_vector(r) for r in pool.in_flight()]) if proposed else None
@@ -123,21 +123,28 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
                      "flops_ratio": float(budget.ratio(rates[None])[0]),
                      "latency_ms_est": float(budget.latency.predict(space, rates[None])[0]) if timer else None,
                      **result, "propose_seconds": propose_s}
-            if timer and (_measured(trials) < LOCAL_POINTS or trial["score"] > max(x["score"] for x in trials)):
+            results = on_budget(trials)
+            if timer and phase != SCAN_PHASE and (_measured(trials) < LOCAL_POINTS or not results
+                                                  or trial["score"] > max(x["score"] for x in results)):
                 # the first trials, then every new incumbent: the points that matter, all on the budget's boundary
                 trial["latency_ms_measured"] = timer.measure(rates)
                 _calibrate(budget, fit, space, trials + [trial], log)
             store.append_trial(trial)
             trials.append(trial)
             if on_trial:
-                on_trial(trial, max(trials, key=lambda x: x["score"]), total)
-            if len(trials) == strategy.n_init:
-                regime = classify_regime([x["map50_95"] for x in trials], unpruned_map(loaded, evaluator), log)
+                on_trial(trial, max(on_budget(trials), key=lambda x: x["score"], default=None), total)
+            first = on_budget(trials[:strategy.n_init])
+            if len(trials) == strategy.n_init and first:
+                regime = classify_regime([x["map50_95"] for x in first], unpruned_map(loaded, evaluator), log)
     finally:
         pool.close()
     search_seconds = time.perf_counter() - start
-    regime = regime or classify_regime([x["map50_95"] for x in trials[:strategy.n_init]],
-                                       unpruned_map(loaded, evaluator))
+    scan = strategy.report(np.array([space.rates_vector(x["rates"]) for x in trials]),
+                           np.array([x["score"] for x in trials]), space.names)
+    if scan:
+        store.write_json("sensitivity.json", scan)
+    first = on_budget(trials[:strategy.n_init]) or on_budget(trials)
+    regime = regime or classify_regime([x["map50_95"] for x in first], unpruned_map(loaded, evaluator))
     return _finish(cfg, loaded, space, evaluator, trials, store, search_seconds, regime, budget, timer, log,
                    fresh=len(trials) - len(done), workers=pool.workers)
 
@@ -170,10 +177,11 @@ def _pool(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, total: in
 def _finish(cfg, loaded, space, evaluator, trials, store: RunStore, search_seconds: float, regime: dict,
             budget: Budget, timer: PairedTimer | None, log=None, fresh: int = 0, workers: int = 1) -> dict:
     """Re-check, save and summarise the best trial; `fresh` trials ran in this invocation, in `search_seconds`."""
-    best, measured_ms = max(trials, key=lambda x: x["score"]), None
+    results = on_budget(trials)
+    best, measured_ms = max(results, key=lambda x: x["score"]), None
     latency = budget.latency
     if latency:
-        best, measured_ms = _fastest_enough(budget.max_latency_ms, space, trials, timer, log)
+        best, measured_ms = _fastest_enough(budget.max_latency_ms, space, results, timer, log)
     result = prune_by_rates(loaded.model, space, best["rates"], cfg.criterion)
     final = evaluator.final_check(result.model)  # recalibrates BN in place: the saved model keeps those statistics
     out = save_pruned(result.model, loaded, store.path("pruned.pt"),
@@ -204,7 +212,7 @@ def _finish(cfg, loaded, space, evaluator, trials, store: RunStore, search_secon
     if cfg.finetune_epochs:
         summary.update(_finetune_best(cfg, out, evaluator, store.dir))
     store.write_json("summary.json", summary)
-    plot_run(trials, best, space.names, store.dir, cfg.score)
+    plot_run(results, best, space.names, store.dir, cfg.score)
     return summary
 
 

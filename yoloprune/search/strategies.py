@@ -1,8 +1,10 @@
 """Search strategies: what rates to try next, given every trial so far (plug-ins of the search loop).
 
 Every strategy, the baselines included, is a `Strategy`: `propose(rates, scores, t, pending)`
-returns trial t's rates and its phase label; `evaluations(trials)` says how many trials it
-takes (one for the deterministic baselines, whatever --trials asks).
+returns trial t's rates and its phase label; `evaluations(trials, groups)` says how many trials
+it takes (one for the deterministic baselines, whatever --trials asks). Scan trials (phase
+`scan`, the sensitivity strategies' probes of one group at a time) lie off the budget: they
+inform the strategy but are never a search result.
 
 Every strategy returns rates already projected onto the FLOPs budget (budget.py), so the
 models only ever see realised, feasible points. The Bayesian ones are BoTorch end to end:
@@ -16,6 +18,8 @@ budget exactly.
 - hdbo:    GP with BoTorch's dimension-scaled lengthscale prior over all groups, TuRBO-style trust region
 - saas:    the same loop with a MAP-SAAS ensemble GP (sparse axis-aligned subspaces), refit every few trials
 - bocr:    BO over group clusters first, then rolled back to all groups within bounds from the best trials
+- sensitivity: the peers' method: a scan of each group alone, then rates at equal marginal loss per FLOP
+- hdbo-warm: hdbo whose initial design is a coarse sensitivity scan and its allocation (its GP sees the scan)
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from yoloprune.errors import UserError
 from yoloprune.search.budget import Budget
+from yoloprune.search.sensitivity import LEVELS, ScanPlan, allocate, plan_scan, scan_report, scan_scores, scan_size
 from yoloprune.structure.space import PruneSpace
 from yoloprune.threads import torch_threads
 
@@ -34,6 +40,12 @@ from yoloprune.threads import torch_threads
 # at 100 it takes 0.27 s and moves the marginal log likelihood by 0.2 and posterior means by < 0.002.
 GP_FIT_MAXITER = 100
 N_CANDIDATES = 1024
+SCAN_PHASE = "scan"
+
+
+def on_budget(trials: list[dict]) -> list[dict]:
+    """The trials that are search results: all but the scan's off-budget probes."""
+    return [t for t in trials if t["phase"] != SCAN_PHASE]
 
 
 @dataclass
@@ -96,10 +108,12 @@ class Strategy:
 
     name = ""
     deterministic = False  # one evaluation, whatever --trials says
+    plan: ScanPlan | None = None  # the sensitivity scan among the initial points, if any
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
         self.init = self.design(ctx)
+        self._scan = set() if self.plan is None else {tuple(np.round(p, 6)) for p in self.plan.points}
 
     @staticmethod
     def design(ctx: SearchContext) -> np.ndarray:
@@ -107,7 +121,7 @@ class Strategy:
         return initial_design(ctx)
 
     @classmethod
-    def evaluations(cls, trials: int) -> int:
+    def evaluations(cls, trials: int, n_groups: int) -> int:
         """How many trials a run of this strategy takes when --trials asks for `trials`."""
         return 1 if cls.deterministic else trials
 
@@ -115,13 +129,33 @@ class Strategy:
     def n_init(self) -> int:
         return len(self.init)
 
+    def ready(self, t: int, in_flight: int) -> bool:
+        """Whether trial t can be proposed while `in_flight` trials are still running (the allocation after a
+        scan needs every scan score)."""
+        return self.plan is None or t != len(self.init) or in_flight == 0
+
+    def searched(self, rates: np.ndarray) -> np.ndarray:
+        """Which rows of finished trials' rates (N, G) are search results (not scan probes)."""
+        return np.array([tuple(np.round(r, 6)) not in self._scan for r in rates], bool)
+
     def propose(self, rates: np.ndarray, scores: np.ndarray, t: int,
                 pending: np.ndarray | None = None) -> tuple[np.ndarray, str]:
         """(rates (G,), phase) of trial t; `rates` (N, G) and `scores` (N,) are the finished trials, `pending`
         (P, G) the candidates still being evaluated by parallel workers."""
+        if self.plan is not None and t < len(self.plan.points):
+            return self.init[t], SCAN_PHASE
         if t < len(self.init):
             return self.init[t], self.name if self.deterministic else "init"
         return self.next(rates, scores, t, pending), self.name
+
+    def report(self, rates: np.ndarray, scores: np.ndarray, names: list[str]) -> dict | None:
+        """The scan's scores by group and rate (sensitivity.json), for strategies that scan."""
+        found = None if self.plan is None else scan_scores(self.plan, rates, scores)
+        return None if found is None else scan_report(self.plan, names, found)
+
+    def allocation(self, rates: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The scan's allocation on the budget (every scan point must be scored)."""
+        return allocate(self.ctx.budget, self.plan, scan_scores(self.plan, rates, scores))
 
     def next(self, rates: np.ndarray, scores: np.ndarray, t: int, pending: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
@@ -187,6 +221,10 @@ class BayesianStrategy(Strategy):
         self._state: dict | None = None
         self._fits = 0
 
+    def incumbent(self, rates: np.ndarray, scores: np.ndarray) -> int:
+        """Row of the best search result so far."""
+        return int(np.argmax(np.where(self.searched(rates), scores, -np.inf)))
+
     def _seeded_fit(self, x, y, trial: int, state: dict | None):
         return _fit_seeded(self.ctx, x, y, self.kind, trial, state)
 
@@ -200,8 +238,8 @@ class BayesianStrategy(Strategy):
         m = self.ctx.budget.max_rate
         if not self.trust_region:
             return rng.random((N_CANDIDATES, g)) * m
-        best = rates[int(np.argmax(scores))]
-        length = trust_region_length(scores[self.ctx.n_init:], g)
+        best = rates[self.incumbent(rates, scores)]
+        length = trust_region_length(scores[self.n_init:], g)
         mask = rng.random((N_CANDIDATES // 2, g)) < min(1.0, 20.0 / g)
         mask[np.arange(len(mask)), rng.integers(0, g, len(mask))] = True
         local = best + mask * rng.uniform(-length, length, (len(mask), g)) * m
@@ -221,7 +259,7 @@ class BayesianStrategy(Strategy):
         rng = np.random.default_rng([self.ctx.seed, trial])
         x = torch.tensor(self.features(rates), dtype=torch.double)
         y = torch.tensor(scores, dtype=torch.double)[:, None]
-        last_fit = trial - (trial - self.ctx.n_init) % self.refit_every
+        last_fit = trial - (trial - self.n_init) % self.refit_every
         if self._state is None and last_fit < trial:  # resumed between refits: redo the last fit exactly
             self._state = self._seeded_fit(x[:last_fit], y[:last_fit], last_fit, None).state_dict()
         model = self._seeded_fit(x, y, trial, None if last_fit == trial else self._state)
@@ -232,10 +270,11 @@ class BayesianStrategy(Strategy):
         seen = {tuple(np.round(r, 6)) for r in busy}
         fresh = np.array([c for c in cand if tuple(c) not in seen]) if len(cand) else cand
         cand = fresh if len(fresh) else cand
+        best_f = y[self.incumbent(rates, scores)]
         if pending is None or not len(pending):
-            acq = LogExpectedImprovement(model, best_f=y.max())
+            acq = LogExpectedImprovement(model, best_f=best_f)
         else:
-            acq = qLogExpectedImprovement(model, best_f=y.max(),
+            acq = qLogExpectedImprovement(model, best_f=best_f,
                                           X_pending=torch.tensor(self.features(pending), dtype=torch.double))
         with torch.no_grad():
             values = acq(torch.tensor(self.features(cand), dtype=torch.double)[:, None, :])
@@ -336,8 +375,49 @@ def cluster_groups(ctx: SearchContext, k: int) -> np.ndarray:
     return labels
 
 
+# -- per-group sensitivity (sensitivity.py) --------------------------------------------------------
+class Sensitivity(Strategy):
+    """The peers' method: each group (or block of groups, when --trials is short) scored alone at LEVELS of the
+    maximum rate, then one trial of the allocation at equal marginal loss per FLOP."""
+
+    name = "sensitivity"
+    levels = LEVELS
+
+    @classmethod
+    def evaluations(cls, trials: int, n_groups: int) -> int:
+        blocks = scan_size(n_groups, trials - 1, len(cls.levels))
+        if blocks < 1:
+            raise UserError(f"--strategy {cls.name} needs --trials >= {len(cls.levels) + 2} (the unpruned model, "
+                            f"one block at {len(cls.levels)} rates, the allocation); a scan of every group alone "
+                            f"takes {n_groups * len(cls.levels) + 2}")
+        return 1 + blocks * len(cls.levels) + 1
+
+    def design(self, ctx: SearchContext) -> np.ndarray:
+        self.plan = plan_scan(ctx.budget, ctx.trials - 1, self.levels)
+        return self.plan.points
+
+    def next(self, rates: np.ndarray, scores: np.ndarray, t: int, pending: np.ndarray | None) -> np.ndarray:
+        return self.allocation(rates, scores)
+
+
+class WarmHDBO(HDBO):
+    """hdbo warm-started by a coarse scan: blocks of groups at half the maximum rate, then the uniform point
+    and the scan's allocation; the GP is fitted on the scan too (its per-block curves act as a prior), while
+    the incumbent and the improvement target are search results only."""
+
+    name = "hdbo-warm"
+    levels = (0.5,)
+
+    def design(self, ctx: SearchContext) -> np.ndarray:
+        self.plan = plan_scan(ctx.budget, max(len(self.levels) + 1, ctx.trials // 4), self.levels)
+        return np.vstack([self.plan.points, ctx.budget.project(np.zeros((1, len(ctx.space.groups))))])
+
+    def next(self, rates: np.ndarray, scores: np.ndarray, t: int, pending: np.ndarray | None) -> np.ndarray:
+        return self.allocation(rates, scores) if t == self.n_init else super().next(rates, scores, t, pending)
+
+
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
-    s.name: s for s in (HDBO, BOCR, SAAS, RandomSearch, Uniform, GlobalThreshold)}
+    s.name: s for s in (HDBO, BOCR, SAAS, RandomSearch, Uniform, GlobalThreshold, Sensitivity, WarmHDBO)}
 STRATEGIES = tuple(STRATEGY_CLASSES)
 
 
@@ -345,4 +425,4 @@ def make_strategy(name: str, space: PruneSpace, budget: Budget, unit_scores: dic
                   trials: int) -> Strategy:
     """The strategy called `name` (one of STRATEGIES) for a run of `trials` requested trials."""
     cls = STRATEGY_CLASSES[name]
-    return cls(SearchContext(space, budget, unit_scores, seed, cls.evaluations(trials)))
+    return cls(SearchContext(space, budget, unit_scores, seed, cls.evaluations(trials, len(space.groups))))

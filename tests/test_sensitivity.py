@@ -1,0 +1,102 @@
+"""The sensitivity baseline (the peers' per-group scan and allocation) and hdbo's warm start from it."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from test_search import search_cmd
+from ultralytics.nn.tasks import DetectionModel
+
+from yoloprune.errors import UserError
+from yoloprune.search.budget import Budget
+from yoloprune.search.sensitivity import allocate, loss_curves, plan_scan
+from yoloprune.search.strategies import Sensitivity
+from yoloprune.structure.groups import analyse
+
+
+@pytest.fixture(scope="module")
+def space():
+    return analyse(DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval(), imgsz=96)
+
+
+def synthetic_scores(plan, sensitivity: np.ndarray, base: float = 0.7) -> np.ndarray:
+    """Scan scores of a model whose loss is additive: each group loses sensitivity x rate^2."""
+    return np.array([base - float(sensitivity @ p ** 2) for p in plan.points])
+
+
+def test_scan_plan_is_per_group_when_trials_allow_and_blocks_otherwise(space):
+    g = len(space.groups)
+    budget = Budget(space, 0.5)
+    full = plan_scan(budget, 1 + 3 * g)
+    assert len(full.blocks) == g and len(full.points) == 1 + 3 * g
+    assert not full.points[0].any()  # the unpruned model comes first
+    coarse = plan_scan(budget, 13)
+    assert len(coarse.blocks) == 4 and sorted(np.concatenate(coarse.blocks).tolist()) == list(range(g))
+    assert Sensitivity.evaluations(40, g) == 2 + 3 * 12 and Sensitivity.evaluations(10 ** 4, g) == 2 + 3 * g
+    with pytest.raises(UserError, match="--trials >= 5"):
+        Sensitivity.evaluations(4, g)
+
+
+def test_allocation_meets_the_budget_and_is_monotone(space):
+    budget_for = {t: Budget(space, t) for t in (0.7, 0.6, 0.5, 0.4, 0.3)}
+    plan = plan_scan(budget_for[0.5], 1 + 3 * len(space.groups))
+    sensitivity = np.random.default_rng(0).gamma(0.5, 0.2, len(space.groups))
+    scores = synthetic_scores(plan, sensitivity)
+    kept_before = None
+    for target, budget in budget_for.items():  # tighter and tighter
+        rates = allocate(budget, plan, scores)
+        ratio = budget.ratio(rates)[0]
+        assert target - 0.02 <= ratio <= target, (target, ratio)  # one rounding step of a 64-channel group: 1.5%
+        kept = np.array([space.kept_count(g, r) for g, r in zip(space.groups, rates)])
+        if kept_before is not None:
+            assert np.all(kept <= kept_before), target
+        kept_before = kept
+        # the allocation loses less than uniform rates on the same budget (the loss the scan predicts)
+        uniform = budget.project(np.zeros((1, len(space.groups))))[0]
+        assert sensitivity @ rates ** 2 < sensitivity @ uniform ** 2
+
+
+def test_loss_curves_are_monotone_and_zero_at_rate_zero(space):
+    plan = plan_scan(Budget(space, 0.5), 13)
+    scores = np.concatenate([[0.7], np.random.default_rng(1).uniform(0.3, 0.8, len(plan.points) - 1)])
+    grid = np.tile(np.linspace(0, 0.9, 50), (len(plan.blocks), 1))
+    curves = loss_curves(plan, scores, grid)
+    assert np.all(curves[:, 0] == 0) and np.all(np.diff(curves, axis=1) >= -1e-12) and np.all(curves >= 0)
+
+
+@pytest.mark.slow
+def test_sensitivity_search_scans_allocates_and_resumes_from_its_scan(tmp_path, tiny_weights, tiny_data):
+    cmd = search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--strategy", "sensitivity", "--trials", "8",
+                     "--name", "s", "--json")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    log = tmp_path / "s" / "trials.jsonl"
+    trials = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [t["phase"] for t in trials] == ["scan"] * 7 + ["sensitivity"]
+    assert trials[0]["flops_ratio"] == 1.0 and trials[-1]["flops_ratio"] <= 0.6
+    assert summary["best"]["trial"] == 7 and summary["trials"] == 8
+    scan = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
+    assert len(scan["blocks"]) == 2 and len(scan["blocks"][0]["scores"]) == 3
+
+    log.write_text("\n".join(log.read_text().splitlines()[:4]) + "\n")  # a run killed during its scan
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [t["trial"] for t in resumed] == list(range(8))
+    assert resumed[:4] == trials[:4] and resumed[-1]["rates"] == trials[-1]["rates"]
+
+
+@pytest.mark.slow
+def test_warm_hdbo_keeps_results_on_budget(tmp_path, tiny_weights, tiny_data):
+    out = subprocess.run(search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--strategy", "hdbo-warm",
+                                    "--trials", "8", "--json"), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    trials = [json.loads(line) for line in (tmp_path / "exp" / "trials.jsonl").read_text().splitlines()]
+    phases = [t["phase"] for t in trials]
+    # the unpruned model and one block at half the maximum rate, the uniform point, the allocation, then BO
+    assert phases == ["scan"] * 2 + ["init"] + ["hdbo-warm"] * 5
+    assert all(t["flops_ratio"] <= 0.6 + 1e-9 for t in trials if t["phase"] != "scan")
+    assert summary["best"]["flops_ratio"] <= 0.6 + 1e-9 and summary["best"]["trial"] >= 2

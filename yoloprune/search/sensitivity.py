@@ -1,0 +1,130 @@
+"""Per-group sensitivity, the peers' method (FastNAS, AIMET, NetAdapt): score each group alone at a few rates,
+then allocate rates to meet the budget. A baseline strategy, and hdbo's warm start.
+
+The scan prunes one *block* of groups at a time (each group its own block when the trial budget allows
+levels x groups evaluations, else contiguous blocks in network order) at fractions of the maximum rate,
+recalibrated and scored like any trial. With the unpruned model's score (the scan's first point), each
+block has a loss curve: loss against rate, interpolated linearly in rate squared (a one-level scan reads as
+a parabola) and made monotone. The allocation minimises the summed losses under the budget: for a
+multiplier mu every block takes the rate minimising loss(r) - mu * FLOPs saved(r) (its FLOPs saved with the
+other groups unpruned, exact), and mu is bisected to the smallest value whose realised rates meet the
+budget; the blocks that step at that threshold step one by one, in network order, until it is met. A
+larger mu never lowers a block's rate, so a tighter budget never raises a group's kept channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from yoloprune.errors import UserError
+from yoloprune.search.budget import Budget
+
+LEVELS = (0.25, 0.5, 0.75)  # scanned rates, as fractions of the maximum rate
+GRID = 181  # candidate rates per block in the allocation
+
+
+@dataclass
+class ScanPlan:
+    """Which groups are pruned together (blocks) and at which rates; `points` are the scan's trials."""
+
+    blocks: list[np.ndarray]
+    levels: np.ndarray  # absolute rates
+    points: np.ndarray  # (1 + blocks x levels, G) realised rates: the unpruned model, then block-major
+
+
+def scan_size(n_groups: int, evaluations: int, n_levels: int) -> int:
+    """Blocks a scan of at most `evaluations` trials (the unpruned point included) can afford."""
+    return min(n_groups, (evaluations - 1) // n_levels)
+
+
+def plan_scan(budget: Budget, evaluations: int, levels=LEVELS) -> ScanPlan:
+    """A scan of at most `evaluations` trials: as many blocks as fit, each at every level."""
+    space = budget.space
+    g = len(space.groups)
+    k = scan_size(g, evaluations, len(levels))
+    if k < 1:
+        raise UserError(f"a sensitivity scan at {len(levels)} rate(s) needs at least {len(levels) + 1} trials, "
+                        f"got {evaluations}")
+    blocks = np.array_split(np.arange(g), k)
+    rates = np.asarray(levels, float) * budget.max_rate
+    points = np.zeros((1 + k * len(rates), g))
+    for b, block in enumerate(blocks):
+        for j, r in enumerate(rates):
+            points[1 + b * len(rates) + j, block] = r
+    return ScanPlan(blocks, rates, space.realised_rates(points))
+
+
+def scan_scores(plan: ScanPlan, rates: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+    """The score of every scan point, looked up by content in the finished trials; None while one is missing."""
+    seen = {tuple(np.round(r, 6)): s for r, s in zip(rates, scores)}
+    found = [seen.get(tuple(np.round(p, 6))) for p in plan.points]
+    return None if any(s is None for s in found) else np.array(found, float)
+
+
+def loss_curves(plan: ScanPlan, scores: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(blocks, n) loss of each block alone at its mean realised rates `x` (blocks, n): monotone, interpolated
+    in rate squared through the scanned points and extrapolated past the last along the last segment."""
+    k, n_levels = len(plan.blocks), len(plan.levels)
+    base, per = scores[0], scores[1:].reshape(k, n_levels)
+    loss = np.maximum.accumulate(np.maximum(base - per, 0.0), axis=1)
+    scanned = np.array([[plan.points[1 + b * n_levels + j, block].mean() for j in range(n_levels)]
+                        for b, block in enumerate(plan.blocks)])
+    curves = np.empty(x.shape)
+    for b in range(k):
+        x2 = np.concatenate([[0.0], np.maximum.accumulate(scanned[b]) ** 2])
+        y = np.concatenate([[0.0], loss[b]])
+        slope = (y[-1] - y[-2]) / max(x2[-1] - x2[-2], 1e-12)
+        q = x[b] ** 2
+        curves[b] = np.where(q <= x2[-1], np.interp(q, x2, y), y[-1] + slope * (q - x2[-1]))
+    return curves
+
+
+def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60) -> np.ndarray:
+    """Realised rates (G,) at equal marginal loss per FLOP saved, on the budget (see the module docstring)."""
+    space = budget.space
+    k, g = len(plan.blocks), len(space.groups)
+    grid = np.linspace(0.0, budget.max_rate, GRID)
+    alone = np.zeros((k, GRID, g))
+    for b, block in enumerate(plan.blocks):
+        alone[b][:, block] = grid[:, None]
+    alone = space.realised_rates(alone.reshape(-1, g)).reshape(k, GRID, g)
+    saved = (1.0 - space.flops_ratio(alone.reshape(-1, g))).reshape(k, GRID)
+    loss = loss_curves(plan, scores, np.stack([alone[b][:, block].mean(1) for b, block in enumerate(plan.blocks)]))
+
+    def rates_at(mu: float) -> np.ndarray:
+        value = loss - mu * saved
+        pick = GRID - 1 - np.argmin(value[:, ::-1], axis=1)  # the largest minimiser: monotone in mu
+        rates = np.zeros(g)
+        for b, block in enumerate(plan.blocks):
+            rates[block] = alone[b, pick[b], block]
+        return rates
+
+    hi = 1.0
+    while not budget.feasible(rates_at(hi))[0]:
+        # at a large enough mu every block takes the maximum rate, which Budget() checked is feasible
+        hi *= 2.0
+        if hi > 1e30:
+            raise UserError("no allocation of the scanned rates meets the budget")
+    lo = 0.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if budget.feasible(rates_at(mid))[0] else (mid, hi)
+    # at the threshold several blocks may step at once: move them one by one, stopping once the budget is met
+    rates, target = rates_at(lo), rates_at(hi)
+    for block in plan.blocks:
+        if np.array_equal(rates[block], target[block]):
+            continue
+        rates[block] = target[block]
+        if budget.feasible(rates)[0]:
+            return rates
+    return target
+
+
+def scan_report(plan: ScanPlan, names: list[str], scores: np.ndarray) -> dict:
+    """The scan as a readable record: each block's groups and its scores by rate (sensitivity.json)."""
+    per = scores[1:].reshape(len(plan.blocks), len(plan.levels))
+    return {"unpruned_score": float(scores[0]), "rates": plan.levels.tolist(),
+            "blocks": [{"groups": [names[i] for i in block], "scores": row.tolist()}
+                       for block, row in zip(plan.blocks, per)]}
