@@ -5,7 +5,7 @@ in results/search_quality.jsonl; rerun to continue, finished units are skipped.
     python benchmarks/search_quality.py [--trials 40] [--budgets 0.5,0.4,0.6] [--strategies ...]
 
 `hdbo-box` is the trust-region ablation: hdbo with every acquisition candidate drawn across the
-whole box instead of half of them around the incumbent. `sensitivity` is the peers' per-group scan: at
+whole box instead of half of them around the incumbent; `hdbo-auto` is hdbo with --criterion auto. `sensitivity` is the peers' per-group scan: at
 --trials 40 a coarse scan of 12 blocks of groups (38 trials), at --trials 152 every group alone (its
 natural cost on the default problem's 50 groups). Rows carry the search slice's seed (--slice-seed); rows
 without one were scored on the first val images (before the slice became a seeded draw) and print as
@@ -26,7 +26,8 @@ from yoloprune.search.config import SearchConfig
 from yoloprune.search.loop import run_search
 from yoloprune.search.strategies import HDBO
 
-ABLATIONS = {"hdbo-box": ("hdbo", HDBO, "trust_region", False)}
+VARIANTS = {"hdbo-box": ("hdbo", {}, (HDBO, "trust_region", False)),
+            "hdbo-auto": ("hdbo", {"criterion": "auto"}, (None, None, None))}
 
 SEEDS = {0.5: (0, 1, 2), 0.4: (0,), 0.6: (0,)}
 SEED_FREE = ("uniform", "global", "sensitivity")  # the same run whatever the seed
@@ -66,15 +67,15 @@ def main() -> None:
 
 
 def run_unit(data, budget: float, strategy: str, seed: int, trials: int, run: Path, slice_seed: int) -> dict:
-    """One search; an ablation runs its base strategy with one class attribute switched."""
-    base, cls, attr, value = ABLATIONS.get(strategy, (strategy, None, None, None))
+    """One search; a variant runs its base strategy with other settings or one class attribute switched."""
+    base, settings, (cls, attr, value) = VARIANTS.get(strategy, (strategy, {}, (None, None, None)))
     saved = getattr(cls, attr) if cls else None
     if cls:
         setattr(cls, attr, value)
     try:
         return run_search(SearchConfig(str(DEFAULT_WEIGHTS), str(data.yaml_path), budget, trials=trials,
                                        strategy=base, seed=seed, project=str(run.parent), name=run.name,
-                                       slice_seed=slice_seed))
+                                       slice_seed=slice_seed, **settings))
     finally:
         if cls:
             setattr(cls, attr, saved)

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -100,3 +101,44 @@ def test_warm_hdbo_keeps_results_on_budget(tmp_path, tiny_weights, tiny_data):
     assert phases == ["scan"] * 2 + ["init"] + ["hdbo-warm"] * 5
     assert all(t["flops_ratio"] <= 0.6 + 1e-9 for t in trials if t["phase"] != "scan")
     assert summary["best"]["flops_ratio"] <= 0.6 + 1e-9 and summary["best"]["trial"] >= 2
+
+
+def test_a_per_group_criterion_ranks_each_group_by_its_own(space):
+    from yoloprune.structure.importance import unit_scores
+    from yoloprune.structure.pruner import removed_units
+
+    choice = {g.name: ("l1", "fpgm", "bn")[i % 3] for i, g in enumerate(space.groups)}
+    mixed = removed_units(space, {g.name: 0.5 for g in space.groups}, choice)
+    for g in space.groups:
+        alone = removed_units(space, {g.name: 0.5}, choice[g.name])
+        units = {int(r) for part in g.parts for r in part}
+        assert mixed & units == alone & units, g.name
+    assert set(unit_scores(space, choice)) == {int(r) for g in space.groups for part in g.parts for r in part}
+
+
+@pytest.mark.slow
+def test_criterion_auto_records_a_criterion_per_group_and_the_model_reloads(tmp_path, tiny_weights, tiny_data):
+    from yoloprune.structure.importance import CRITERIA
+
+    out = subprocess.run(search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--criterion", "auto", "--trials",
+                                    "3", "--json"), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    chosen = json.loads((tmp_path / "exp" / "criteria.json").read_text())
+    groups = json.loads((tmp_path / "exp" / "meta.json").read_text())["groups"]
+    assert set(chosen) == set(groups) and set(chosen.values()) <= set(CRITERIA)
+    assert summary["criterion"] == chosen
+    layers = subprocess.run([sys.executable, "-m", "yoloprune", "layers", "--weights", str(tiny_weights), "--criterion", "auto", "--data",
+                             str(tiny_data.yaml_path), "--json"], capture_output=True, text=True, timeout=600)
+    assert layers.returncode == 0, layers.stderr[-2000:]
+    assert {g["name"]: g["criterion"] for g in json.loads(layers.stdout)["groups"]} == chosen  # same probe images
+    reload = subprocess.run([sys.executable, "-c", "import sys; from ultralytics import YOLO; "
+                             "m = YOLO(sys.argv[1]); print(sum(p.numel() for p in m.model.parameters()))",
+                             summary["pruned"]], capture_output=True, text=True, timeout=300)
+    assert reload.returncode == 0 and int(reload.stdout.split()[-1]) == summary["best"]["params"], reload.stderr
+
+
+def test_layers_criterion_auto_needs_data(tiny_weights):
+    out = subprocess.run([sys.executable, "-m", "yoloprune", "layers", "--weights", str(tiny_weights), "--criterion", "auto"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "--data" in out.stderr

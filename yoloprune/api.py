@@ -146,6 +146,18 @@ def bench(weights: list[str], imgsz: int | None = None, threads: tuple[int, ...]
     return benchmark([str(w) for w in weights], imgsz, threads, batch, runs, warmup)
 
 
+def choose_criteria(loaded: LoadedModel, space: PruneSpace, data: str | Path, val_images: int = 200,
+                    slice_seed: int | None = 0) -> dict[str, str]:
+    """`--criterion auto`: {group: criterion}, probed on the first images of the search slice a search with the
+    same --val-images and --slice-seed uses, so `layers` shows what that search would choose."""
+    from yoloprune.evaluation.inference import letterbox
+    from yoloprune.search.criteria import PROBE_IMAGES, choose_criteria as choose
+
+    val = load_split(data, "val", loaded.model.names)
+    images = subset(val, take_slice(val, val_images, slice_seed)).images[:PROBE_IMAGES]
+    return choose(loaded.model, space, letterbox(images, loaded.imgsz).pixels)
+
+
 def group_table(space: PruneSpace) -> list[dict]:
     """The groups as plain dicts (the `layers --json` schema)."""
     return [{"name": g.name, "channels": g.channels, "parts": len(g.parts), "min_keep": g.min_keep * len(g.parts),

@@ -9,7 +9,8 @@ from yoloprune.cli.common import FLOPS_HELP, add_common, emit, log_to_stderr
 
 def add_parser(sub) -> None:
     from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
-    from yoloprune.structure.importance import CRITERIA, DEFAULT_CRITERION
+    from yoloprune.search.criteria import CRITERION_CHOICES
+    from yoloprune.structure.importance import DEFAULT_CRITERION
     from yoloprune.training.sparsify import DEFAULT_L1
 
     p = sub.add_parser("search", help="Bayesian optimisation of per-group prune rates under a FLOPs and/or "
@@ -44,8 +45,9 @@ def add_parser(sub) -> None:
                    help=f"BN calibration images per candidate (default {CALIB_IMAGES})")
     p.add_argument("--no-recalibrate", action="store_true", help="score candidates with stale BN statistics")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--criterion", default=DEFAULT_CRITERION, choices=CRITERIA,
-                   help=f"which channels go (default {DEFAULT_CRITERION}: BatchNorm scale)")
+    p.add_argument("--criterion", default=DEFAULT_CRITERION, choices=CRITERION_CHOICES,
+                   help=f"which channels go (default {DEFAULT_CRITERION}: BatchNorm scale); auto: per group, the "
+                        f"criterion whose choice changes the model's outputs least (criteria.json in the run)")
     p.add_argument("--round-to", type=int, default=8, help="kept channel counts are multiples of this (default 8)")
     p.add_argument("--project", default="runs/search", help="parent folder of run folders (default runs/search)")
     p.add_argument("--name", default=None, help="run folder name (default: next expN)")

@@ -123,15 +123,16 @@ def model_input(pixels: torch.Tensor, like: torch.Tensor | None = None) -> torch
 
 
 @contextlib.contextmanager
-def inference_forward(model: nn.Module | OnnxDetector):
-    """(forward function, input maker, end-to-end head?) for a PyTorch model (fused copy) or an ONNX one."""
+def inference_forward(model: nn.Module | OnnxDetector, fuse: bool = True):
+    """(forward function, input maker, end-to-end head?) for a PyTorch model (a fused copy, or the model itself in
+    eval mode) or an ONNX one."""
     if isinstance(model, OnnxDetector):
         yield model, model_input, model.end2end
         return
-    model = fused_copy(model)
+    model = fused_copy(model) if fuse else model.eval()
     head = model.model[-1] if hasattr(model, "model") else None
     weight = next(model.parameters())
-    with channels_last(model):
+    with channels_last(model) if fuse else contextlib.nullcontext():  # converting costs more than a few images gain
         yield model, lambda pixels: model_input(pixels, weight), bool(getattr(head, "end2end", False))
 
 

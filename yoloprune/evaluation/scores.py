@@ -63,10 +63,11 @@ def short_recovery(model: nn.Module, batches: list[dict], steps: int = RECOVERY_
 
 
 @torch.no_grad()
-def class_maps(model: nn.Module, pixels: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    """The per-anchor class probabilities (N, classes x anchors) of `model` on letterboxed images."""
+def class_maps(model: nn.Module, pixels: torch.Tensor, batch: int = 32, fuse: bool = True) -> torch.Tensor:
+    """The per-anchor class probabilities (N, classes x anchors) of `model` on letterboxed images (`fuse`: run a
+    Conv+BN-fused copy, as every evaluation does; else the model itself)."""
     out = []
-    with inference_forward(model) as (forward, as_input, _):
+    with inference_forward(model, fuse) as (forward, as_input, _):
         for k in range(0, len(pixels), batch):
             y = forward(as_input(pixels[k:k + batch]))
             y = y[0] if isinstance(y, (list, tuple)) else y

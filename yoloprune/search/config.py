@@ -10,7 +10,8 @@ from yoloprune.errors import UserError
 from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
 from yoloprune.search.executors import check_parallel
 from yoloprune.search.strategies import STRATEGIES
-from yoloprune.structure.importance import CRITERIA, DEFAULT_CRITERION
+from yoloprune.search.criteria import CRITERION_CHOICES
+from yoloprune.structure.importance import DEFAULT_CRITERION
 from yoloprune.training.sparsify import DEFAULT_L1, check_l1
 
 
@@ -32,7 +33,7 @@ class SearchConfig:
     calib_images: int = CALIB_IMAGES
     imgsz: int | None = None
     seed: int = 0
-    criterion: str = DEFAULT_CRITERION
+    criterion: str = DEFAULT_CRITERION  # one of CRITERION_CHOICES; `auto` is resolved per group by the search
     round_to: int = 8
     recalibrate: bool = True
     project: str = "runs/search"
@@ -97,5 +98,5 @@ def check_config(cfg: SearchConfig) -> None:
     if cfg.sparsify_epochs < 0:
         raise UserError(f"--sparsify-epochs must be >= 1 (or left out), got {cfg.sparsify_epochs}")
     check_l1(cfg.l1)
-    if cfg.criterion not in CRITERIA:
-        raise UserError(f"unknown criterion '{cfg.criterion}' (choose from {', '.join(CRITERIA)})")
+    if cfg.criterion not in CRITERION_CHOICES:
+        raise UserError(f"unknown criterion '{cfg.criterion}' (choose from {', '.join(CRITERION_CHOICES)})")

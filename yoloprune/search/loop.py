@@ -8,7 +8,7 @@ its log and refuses when the weights, data or budget differ.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +22,7 @@ from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.latency.model import LOCAL_POINTS, LatencyModel, PairedTimer, cache_dir, calibrated, latency_model
 from yoloprune.search.budget import Budget
 from yoloprune.search.config import IDENTITY, LATENCY_IDENTITY, SearchConfig, check_config
+from yoloprune.search.criteria import AUTO, choose_criteria
 from yoloprune.search.executors import CandidateScorer, LocalPool, RayPool, ScorerSpec
 from yoloprune.search.report import classify_regime, plot_run, unpruned_map
 from yoloprune.search.store import RunStore, run_dir_for
@@ -96,6 +97,7 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
     evaluator = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
                                recalibrate=cfg.recalibrate, score=cfg.score, reference=loaded.model,
                                slice_seed=cfg.slice_seed)
+    cfg = replace(cfg, criterion=_criterion(cfg, loaded, space, evaluator, store, log))
     strategy = make_strategy(cfg.strategy, space, budget, unit_scores(space, cfg.criterion), cfg.seed, cfg.trials)
     regime = None
     trials = store.trials()
@@ -147,6 +149,17 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
     regime = regime or classify_regime([x["map50_95"] for x in first], unpruned_map(loaded, evaluator))
     return _finish(cfg, loaded, space, evaluator, trials, store, search_seconds, regime, budget, timer, log,
                    fresh=len(trials) - len(done), workers=pool.workers)
+
+
+def _criterion(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, store: RunStore, log):
+    """cfg.criterion, or for `auto` the run's {group: criterion} (chosen once, kept in criteria.json)."""
+    if cfg.criterion != AUTO:
+        return cfg.criterion
+    if store.has("criteria.json"):
+        return store.read_json("criteria.json")
+    choice = choose_criteria(loaded.model, space, evaluator.search_images.pixels, log)
+    store.write_json("criteria.json", choice)
+    return choice
 
 
 def _measured(trials: list[dict]) -> int:

@@ -23,10 +23,12 @@ from yoloprune.errors import UserError
 from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.search.budget import Budget
 from yoloprune.search.config import IDENTITY, SearchConfig, check_config
+from yoloprune.search.criteria import AUTO
 from yoloprune.search.loop import BudgetDoesNotBind, run_search
 from yoloprune.search.report import COLLAPSE_SHARE, unpruned_map
 from yoloprune.search.store import RunStore, run_dir_for
 from yoloprune.structure.groups import analyse
+from yoloprune.structure.importance import DEFAULT_CRITERION
 from yoloprune.structure.pruner import param_count, prune
 
 MIN_STAGE_CUT = 0.05  # every stage removes at least this share of its input's FLOPs
@@ -77,7 +79,8 @@ def auto_stages(cfg: SearchConfig, log: Callable[[str], None] | None = None) -> 
     for k in range(1, most + 1):
         step = cfg.target_flops ** (1.0 / k)
         rates = Budget(space, step).project(np.zeros((1, len(space.groups))))[0]
-        share = ev.score(prune(loaded.model, space, dict(zip(space.names, map(float, rates))), cfg.criterion)
+        criterion = DEFAULT_CRITERION if cfg.criterion == AUTO else cfg.criterion  # a probe, before any choice
+        share = ev.score(prune(loaded.model, space, dict(zip(space.names, map(float, rates))), criterion)
                          ).map50_95 / max(reference, 1e-9)
         if log:
             log(f"stages auto: {k} stage(s), first step to {step:.0%} FLOPs keeps {share:.0%} of the unpruned mAP "

@@ -59,15 +59,31 @@ DEFAULT_CRITERION = "bn"
 BN_FALLBACK = "l1"
 
 
-def effective_criterion(space: PruneSpace, criterion: str) -> str:
+Criterion = str | dict  # one criterion for every group, or {group name: criterion} (search --criterion auto)
+
+
+def effective_criterion(space: PruneSpace, criterion: Criterion) -> Criterion:
     """The criterion that really ranks channels: `bn` on a model without BatchNorm falls back to BN_FALLBACK."""
+    if isinstance(criterion, dict):
+        return {g: effective_criterion(space, c) for g, c in criterion.items()}
     return BN_FALLBACK if criterion == "bn" and not space.graph.bns else criterion
 
 
-def unit_scores(space: PruneSpace, criterion: str = DEFAULT_CRITERION) -> dict[int, float]:
-    """Importance of every prunable channel unit (union-find root), larger = keep."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
+def unknown_criterion(criterion: Criterion) -> str | None:
+    """The first name in `criterion` that is not one of CRITERIA, if any."""
+    names = criterion.values() if isinstance(criterion, dict) else [criterion]
+    return next((c for c in names if c not in CRITERIA), None)
+
+
+def unit_scores(space: PruneSpace, criterion: Criterion = DEFAULT_CRITERION) -> dict[int, float]:
+    """Importance of every prunable channel unit (union-find root), larger = keep; with a per-group criterion,
+    each group's units are ranked by its own (groups not named: the default)."""
+    if unknown_criterion(criterion) is not None:
+        raise ValueError(f"unknown criterion '{unknown_criterion(criterion)}' (choose from {', '.join(CRITERIA)})")
+    if isinstance(criterion, dict):
+        per = {c: unit_scores(space, c) for c in {*criterion.values(), DEFAULT_CRITERION}}
+        return {int(r): per[criterion.get(g.name, DEFAULT_CRITERION)][int(r)]
+                for g in space.groups for part in g.parts for r in part if int(r) in per[DEFAULT_CRITERION]}
     criterion = effective_criterion(space, criterion)
     graph = space.graph
     total: dict[int, float] = {}

@@ -8,6 +8,7 @@ stock Ultralytics model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -17,7 +18,8 @@ import torch.nn as nn
 
 from yoloprune.errors import UserError
 from yoloprune.structure.graph import FIXED
-from yoloprune.structure.importance import CRITERIA, DEFAULT_CRITERION, effective_criterion, unit_scores
+from yoloprune.structure.importance import (CRITERIA, DEFAULT_CRITERION, Criterion, effective_criterion,
+                                            unknown_criterion, unit_scores)
 from yoloprune.structure.space import PruneSpace
 
 
@@ -31,7 +33,7 @@ class PruneResult:
     flops_after: float
     params_before: int
     params_after: int
-    criterion: str
+    criterion: Criterion
 
     def provenance(self) -> dict:
         """What a saved checkpoint records about this pruning."""
@@ -52,10 +54,10 @@ def check_rates(space: PruneSpace, rates: dict[str, float]) -> None:
 
 
 def prune_by_rates(model: nn.Module, space: PruneSpace, rates: dict[str, float],
-                   criterion: str = DEFAULT_CRITERION) -> PruneResult:
+                   criterion: Criterion = DEFAULT_CRITERION) -> PruneResult:
     """Check `rates` ({group: fraction removed}) and prune a copy of `model` by them, with its FLOPs and params."""
-    if criterion not in CRITERIA:
-        raise UserError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
+    if unknown_criterion(criterion) is not None:
+        raise UserError(f"unknown criterion '{unknown_criterion(criterion)}' (choose from {', '.join(CRITERIA)})")
     check_rates(space, rates)
     pruned = prune(model, space, rates, criterion)
     vec = space.rates_vector(rates)[None]
@@ -68,7 +70,7 @@ def param_count(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def removed_units(space: PruneSpace, rates: dict[str, float], criterion: str = DEFAULT_CRITERION,
+def removed_units(space: PruneSpace, rates: dict[str, float], criterion: Criterion = DEFAULT_CRITERION,
                   scores: dict[int, float] | None = None) -> set[int]:
     """Union-find roots to remove: per part, the lowest-scored channels beyond the kept count."""
     unknown = sorted(set(rates) - set(space.names))
@@ -88,7 +90,7 @@ def removed_units(space: PruneSpace, rates: dict[str, float], criterion: str = D
     return removed
 
 
-def prune(model: nn.Module, space: PruneSpace, rates: dict[str, float], criterion: str = DEFAULT_CRITERION,
+def prune(model: nn.Module, space: PruneSpace, rates: dict[str, float], criterion: Criterion = DEFAULT_CRITERION,
           removed: set[int] | None = None) -> nn.Module:
     """A pruned deep copy of `model` (the analysed one); `model` itself is untouched."""
     if removed is None:
@@ -127,6 +129,31 @@ def prune(model: nn.Module, space: PruneSpace, rates: dict[str, float], criterio
     for owner in widths:
         owner.c = owner.cv1.conv.out_channels // 2
     return pruned
+
+
+@contextlib.contextmanager
+@torch.no_grad()
+def zeroed(model: nn.Module, space: PruneSpace, removed: set[int]):
+    """`model` with the `removed` units' filters, conv biases and BN affine set to zero, in place and restored on
+    exit: the outputs of the pruned model (tests/test_pruning.py checks it for every family) without building one."""
+    graph = space.graph
+    modules = dict(model.named_modules())
+    hit = []  # (tensor, indices of removed channels)
+    for node in graph.convs.values():
+        idx = [i for i, u in enumerate(graph.out_units(node)) if graph.root(int(u)) in removed]
+        conv = modules[node.name]
+        hit += [(t, idx) for t in (conv.weight, conv.bias) if t is not None and idx]
+    for name, (_, src) in graph.bns.items():
+        idx = [i for i, u in enumerate(src) if u != FIXED and graph.root(int(u)) in removed]
+        hit += [(t, idx) for t in (modules[name].weight, modules[name].bias) if idx]
+    saved = [t.data[idx].clone() for t, idx in hit]
+    for t, idx in hit:
+        t.data[idx] = 0
+    try:
+        yield model
+    finally:
+        for (t, idx), v in zip(hit, saved):
+            t.data[idx] = v
 
 
 def _split_width_owners(model: nn.Module) -> list[nn.Module]:
