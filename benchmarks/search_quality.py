@@ -1,15 +1,15 @@
-"""Search quality: final-check mAP50-95 (BN recalibrated, no fine-tuning) of each strategy's best
-candidate, strategy x FLOPs budget x seed, same trial budget for all. One line per finished unit
-in results/search_quality.jsonl; rerun to continue, finished units are skipped.
+"""Search quality: final-check mAP50-95 (BN recalibrated, no fine-tuning) of each strategy's best candidate,
+strategy x FLOPs budget x seed, same trial budget for all. One line per finished unit in
+results/search_quality.jsonl; rerun to continue, finished units are skipped.
 
     python benchmarks/search_quality.py [--trials 40] [--budgets 0.5,0.4,0.6] [--strategies ...]
 
-`hdbo-box` is the trust-region ablation: hdbo with every acquisition candidate drawn across the
-whole box instead of half of them around the incumbent; `hdbo-auto` is hdbo with --criterion auto. `sensitivity` is the peers' per-group scan: at
---trials 40 a coarse scan of 12 blocks of groups (38 trials), at --trials 152 every group alone (its
-natural cost on the default problem's 50 groups). Rows carry the search slice's seed (--slice-seed); rows
-without one were scored on the first val images (before the slice became a seeded draw) and print as
-"first-N slice".
+`hdbo-box` is the trust-region ablation: hdbo with every acquisition candidate drawn across the whole box
+instead of half of them around the incumbent; `hdbo-auto` is hdbo with --criterion auto. `sensitivity` is the
+peers' per-group scan: at --trials 40 a coarse scan of 12 blocks of groups (38 trials), at --trials 152 every
+group alone (its natural cost on the default problem's 50 groups). Rows carry the search slice's seed
+(--slice-seed); rows without one were scored on the first val images (before the slice became a seeded draw)
+and print as "first-N slice".
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import pytest
 import torch
 from prune_helpers import FAMILIES, build, first_output, size_for
 
-from yoloprune.structure.graph import FIXED
 from yoloprune.structure.groups import analyse
 from yoloprune.structure.pruner import prune, removed_units, zeroed
 

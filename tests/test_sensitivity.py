@@ -128,8 +128,9 @@ def test_criterion_auto_records_a_criterion_per_group_and_the_model_reloads(tmp_
     groups = json.loads((tmp_path / "exp" / "meta.json").read_text())["groups"]
     assert set(chosen) == set(groups) and set(chosen.values()) <= set(CRITERIA)
     assert summary["criterion"] == chosen
-    layers = subprocess.run([sys.executable, "-m", "yoloprune", "layers", "--weights", str(tiny_weights), "--criterion", "auto", "--data",
-                             str(tiny_data.yaml_path), "--json"], capture_output=True, text=True, timeout=600)
+    layers = subprocess.run([sys.executable, "-m", "yoloprune", "layers", "--weights", str(tiny_weights),
+                             "--criterion", "auto", "--data", str(tiny_data.yaml_path), "--json"],
+                            capture_output=True, text=True, timeout=600)
     assert layers.returncode == 0, layers.stderr[-2000:]
     assert {g["name"]: g["criterion"] for g in json.loads(layers.stdout)["groups"]} == chosen  # same probe images
     reload = subprocess.run([sys.executable, "-c", "import sys; from ultralytics import YOLO; "
@@ -139,6 +140,6 @@ def test_criterion_auto_records_a_criterion_per_group_and_the_model_reloads(tmp_
 
 
 def test_layers_criterion_auto_needs_data(tiny_weights):
-    out = subprocess.run([sys.executable, "-m", "yoloprune", "layers", "--weights", str(tiny_weights), "--criterion", "auto"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "yoloprune", "layers", "--weights", str(tiny_weights),
+                          "--criterion", "auto"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "--data" in out.stderr

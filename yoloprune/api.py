@@ -151,7 +151,8 @@ def choose_criteria(loaded: LoadedModel, space: PruneSpace, data: str | Path, va
     """`--criterion auto`: {group: criterion}, probed on the first images of the search slice a search with the
     same --val-images and --slice-seed uses, so `layers` shows what that search would choose."""
     from yoloprune.evaluation.inference import letterbox
-    from yoloprune.search.criteria import PROBE_IMAGES, choose_criteria as choose
+    from yoloprune.search.criteria import PROBE_IMAGES
+    from yoloprune.search.criteria import choose_criteria as choose  # the api's own name takes a LoadedModel
 
     val = load_split(data, "val", loaded.model.names)
     images = subset(val, take_slice(val, val_images, slice_seed)).images[:PROBE_IMAGES]

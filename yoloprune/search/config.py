@@ -8,9 +8,9 @@ from pathlib import Path
 
 from yoloprune.errors import UserError
 from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
+from yoloprune.search.criteria import CRITERION_CHOICES
 from yoloprune.search.executors import check_parallel
 from yoloprune.search.strategies import STRATEGIES
-from yoloprune.search.criteria import CRITERION_CHOICES
 from yoloprune.structure.importance import DEFAULT_CRITERION
 from yoloprune.training.sparsify import DEFAULT_L1, check_l1
 

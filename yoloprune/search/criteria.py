@@ -1,10 +1,10 @@
 """`--criterion auto` (LFPC's idea: the right pruning criterion differs from layer to layer).
 
-Each group gets the criterion whose choice of channels, removing PROBE_RATE of that group alone with BN
-statistics as trained (zeroed in place, which gives the pruned model's outputs), leaves the class-score maps closest to the unpruned model's (mean cosine similarity,
-evaluation/scores.py) on PROBE_IMAGES search-slice images; ties go to the default criterion. Criteria that
-pick the same channels are scored once. Cost: at most groups x criteria prunings and forward passes of
-those images (logged; measured in benchmarks/search_quality.py).
+Each group gets the criterion whose choice of channels, when PROBE_RATE of that group alone goes (zeroed in
+place with BN statistics as trained, which gives the pruned model's outputs), leaves the class-score maps
+closest to the unpruned model's (mean cosine similarity, evaluation/scores.py) on PROBE_IMAGES search-slice
+images; ties go to the default criterion. Criteria that pick the same channels are scored once. Cost: at
+most groups x criteria forward passes of those images (logged; benchmarks/search_quality.py, hdbo-auto).
 """
 
 from __future__ import annotations
