@@ -21,6 +21,7 @@ import yaml
 
 from yoloprune.checkpoint import LoadedModel, load
 from yoloprune.checkpoint import save_pruned as _save_pruned
+from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.calibration import calibration_batches, recalibrate_bn
 from yoloprune.evaluation.data import dataset_yaml, load_split, subset, take_slice
@@ -30,7 +31,12 @@ from yoloprune.evaluation.metric import evaluate as run_eval
 from yoloprune.evaluation.scores import CALIB_IMAGES
 from yoloprune.structure.groups import analyse as _analyse
 from yoloprune.structure.importance import DEFAULT_CRITERION
-from yoloprune.structure.pruner import PruneResult, check_rates, param_count, prune_by_rates
+from yoloprune.structure.pruner import (
+    PruneResult,
+    check_rates,
+    param_count,
+    prune_by_rates,
+)
 from yoloprune.structure.space import PruneSpace
 
 __all__ = ["LoadedModel", "PruneResult", "PruneSpace", "load", "analyse", "read_rates", "check_rates", "prune",
@@ -77,13 +83,15 @@ def save_pruned(result: PruneResult, loaded: LoadedModel, out: str | Path, extra
 
 def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_images: int | None = None,
              imgsz: int | None = None, batch: int = 32, slice_seed: int | None = None, recalibrate: bool = False,
-             calib_images: int = CALIB_IMAGES, image_dir: str | None = None) -> EvalResult:
-    """mAP50-95 and mAP50 (pycocotools) of a model (.pt, or an exported .onnx) on a slice of a data set's split."""
+             calib_images: int = CALIB_IMAGES, image_dir: str | None = None, device: str | None = None) -> EvalResult:
+    """mAP50-95 and mAP50 (pycocotools) of a model (.pt on `device`, or an exported .onnx on ONNX Runtime's CPU)
+    on a slice of a data set's split."""
 
     if val_images is not None and val_images < 1:
         raise UserError(f"--val-images must be >= 1, got {val_images}")
     if batch < 1 or calib_images < 1:
         raise UserError("--batch and --calib-images must be >= 1")
+    device = resolve_device(device)  # a device that cannot hold here is refused for an .onnx model too
     if str(weights).endswith(".onnx"):
         onnx_model = OnnxDetector(weights)
         if recalibrate:
@@ -93,6 +101,7 @@ def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_imag
         det = load_split(data, split, onnx_model.names, image_dir)
         return run_eval(onnx_model, subset(det, take_slice(det, val_images, slice_seed)), onnx_model.imgsz, batch)
     loaded = load(weights, imgsz)
+    loaded.model.to(device)
     det = load_split(data, split, loaded.model.names, image_dir)
     det = subset(det, take_slice(det, val_images, slice_seed))
     if recalibrate:
@@ -152,7 +161,9 @@ def choose_criteria(loaded: LoadedModel, space: PruneSpace, data: str | Path, va
     same --val-images and --slice-seed uses, so `layers` shows what that search would choose."""
     from yoloprune.evaluation.inference import letterbox
     from yoloprune.search.criteria import PROBE_IMAGES
-    from yoloprune.search.criteria import choose_criteria as choose  # the api's own name takes a LoadedModel
+    from yoloprune.search.criteria import (
+        choose_criteria as choose,  # the api's own name takes a LoadedModel
+    )
 
     val = load_split(data, "val", loaded.model.names)
     images = subset(val, take_slice(val, val_images, slice_seed)).images[:PROBE_IMAGES]

@@ -6,6 +6,7 @@ from yoloprune.cli.common import add_common, emit
 
 
 def add_parser(sub) -> None:
+    from yoloprune.devices import DEVICE_HELP
     from yoloprune.evaluation.scores import CALIB_IMAGES
 
     p = sub.add_parser("eval", help="mAP50-95 / mAP50 by pycocotools on a val slice")
@@ -16,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--val-images", type=int, default=None, help="first N images of the split (default: all)")
     p.add_argument("--slice-seed", type=int, default=None, help="take a seeded random slice instead of the first N")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--device", default="cpu", choices=["cpu"], help="inference device (CPU only in this version)")
+    p.add_argument("--device", default=None, help=f"{DEVICE_HELP}; an .onnx model runs on ONNX Runtime's CPU")
     p.add_argument("--recalibrate", action="store_true", help="re-estimate BatchNorm statistics first")
     p.add_argument("--calib-images", type=int, default=CALIB_IMAGES,
                    help=f"calibration images for --recalibrate (default {CALIB_IMAGES})")
@@ -28,7 +29,7 @@ def run(args) -> None:
 
     r = api.evaluate(args.weights, args.data, split=args.split, val_images=args.val_images, imgsz=args.imgsz,
                      batch=args.batch, slice_seed=args.slice_seed, recalibrate=args.recalibrate,
-                     calib_images=args.calib_images, image_dir=args.images)
+                     calib_images=args.calib_images, image_dir=args.images, device=args.device)
     payload = {"weights": args.weights, "data": args.data, "split": args.split, "map50_95": r.map50_95,
                "map50": r.map50, "images": r.images, "seconds": r.seconds}
     emit(args, payload, [f"{args.weights} on {r.images} {args.split} images of {args.data}: "

@@ -6,6 +6,8 @@ from yoloprune.cli.common import emit
 
 
 def add_parser(sub) -> None:
+    from yoloprune.devices import DEVICE_HELP
+
     p = sub.add_parser("finetune", help="fine-tune a pruned model with Ultralytics' trainer, keeping its architecture")
     p.add_argument("--weights", required=True, help="pruned .pt checkpoint")
     p.add_argument("--data", required=True, help="Ultralytics dataset YAML")
@@ -18,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--distill", default=None, metavar="TEACHER.pt",
                    help="distil from this checkpoint, the model it was pruned from (Ultralytics' DistillationModel)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--project", default="runs/finetune")
     p.add_argument("--name", default="exp")
     p.add_argument("--resume", action="store_true", help="resume the run's last.pt (pass it as --weights)")
@@ -32,7 +35,8 @@ def run(args) -> None:
     before = api.load(args.weights)
     best = finetune(args.weights, args.data, args.epochs, distill=args.distill, imgsz=args.imgsz, batch=args.batch,
                     lr0=args.lr0, warmup_epochs=args.warmup_epochs, workers=args.workers, project=args.project,
-                    name=args.name, fraction=args.fraction, resume=args.resume or None, verbose=not args.json)
+                    name=args.name, fraction=args.fraction, resume=args.resume or None, verbose=not args.json,
+                    device=args.device)
     after = api.load(best)
     shapes = lambda m: [tuple(p.shape) for p in m.parameters()]  # noqa: E731
     payload = {"weights": args.weights, "best": str(best), "params_before": api.param_count(before.model),

@@ -8,6 +8,7 @@ from yoloprune.cli.common import FLOPS_HELP, add_common, emit, log_to_stderr
 
 
 def add_parser(sub) -> None:
+    from yoloprune.devices import DEVICE_HELP
     from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
     from yoloprune.search.criteria import CRITERION_CHOICES
     from yoloprune.structure.importance import DEFAULT_CRITERION
@@ -82,6 +83,10 @@ def add_parser(sub) -> None:
     p.add_argument("--worker-cpus", type=int, default=None,
                    help="torch threads (and Ray CPUs) per worker (default: visible cores / workers)")
     p.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
+    p.add_argument("--device", default=None,
+                   help=f"{DEVICE_HELP}: trials (pruning copies, BN recalibration, inference, NMS), recoveries, the "
+                        f"fine-tune and the final check; latency timing stays on ONNX Runtime's CPU. Ray workers "
+                        f"take the device --worker-gpus gives them"),
     p.add_argument("--ray-address", default=None,
                    help="HOST:PORT of a running Ray cluster to join (default: a private local instance for the run); "
                         "its nodes must see --weights and --data at the same paths")
@@ -135,7 +140,8 @@ def run(args) -> None:
                        finetune_fraction=args.finetune_fraction, distill_from=args.weights if args.distill else None,
                        score=args.score, stages=_stages(args.stages), recover_epochs=args.recover_epochs,
                        sparsify_epochs=args.sparsify_epochs or 0, l1=args.l1, workers=args.workers,
-                       worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus, ray_address=args.ray_address)
+                       worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus, ray_address=args.ray_address,
+                       device=args.device)
     bar = TrialBar(quiet=args.json and not sys.stderr.isatty())
     if cfg.stages is not None:
         from yoloprune.search.staged import run_staged

@@ -6,6 +6,7 @@ from yoloprune.cli.common import FLOPS_HELP, emit, log_to_stderr
 
 
 def add_parser(sub) -> None:
+    from yoloprune.devices import DEVICE_HELP
     from yoloprune.evaluation.scores import CALIB_IMAGES
     from yoloprune.training.sparsify import DEFAULT_L1
 
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--project", default="runs/sparsify")
     p.add_argument("--name", default="exp")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -42,7 +44,7 @@ def run(args) -> None:
     s = api.sparsify(args.weights, args.data, args.epochs, args.l1, log=None if args.json else log_to_stderr,
                      target_flops=args.target_flops, val_images=args.val_images, calib_images=args.calib_images,
                      imgsz=args.imgsz, batch=args.batch, fraction=args.fraction, workers=args.workers,
-                     project=args.project, name=args.name, verbose=not args.json)
+                     project=args.project, name=args.name, verbose=not args.json, device=args.device)
     before, after = s["prunability"]["before"], s["prunability"]["after"]
     scales = s["bn_scales"]
     emit(args, s, [

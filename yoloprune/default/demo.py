@@ -14,6 +14,7 @@ from pathlib import Path
 from yoloprune import api
 from yoloprune.atomic import write_text_atomic
 from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 
 FULL = {"trials": 12, "val_images": 100, "calib_images": 128, "epochs": 1, "fraction": 0.5, "test_images": 300,
@@ -23,8 +24,11 @@ QUICK = {"trials": 4, "val_images": 24, "calib_images": 32, "epochs": 1, "fracti
 DEMO_TARGET_FLOPS = 0.5
 
 
-def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda msg: None) -> dict:
-    """Run the demo; returns the summary (also in summary.json and report.html under `out_dir`)."""
+def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda msg: None,
+             device: str | None = None) -> dict:
+    """Run the demo (search, fine-tune and scoring on `device`; timing on ONNX Runtime's CPU); returns the summary
+    (also in summary.json and report.html under `out_dir`)."""
+    resolve_device(device)  # a device that cannot hold here fails before any work
     if not DEFAULT_WEIGHTS.exists():
         raise UserError(f"default weights missing: {DEFAULT_WEIGHTS} (train them with scripts/train_default.py)")
     p = QUICK if quick else FULL
@@ -39,18 +43,19 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda 
     log(f"searching per-group rates at {DEMO_TARGET_FLOPS:.0%} FLOPs ({p['trials']} trials, hdbo)")
     summary = api.search(DEFAULT_WEIGHTS, data.yaml_path, DEMO_TARGET_FLOPS, trials=p["trials"],
                          val_images=p["val_images"], calib_images=p["calib_images"], project=str(out / "search"),
+                         device=device,
                          on_trial=lambda t, best, n: log(f"  trial {t['trial'] + 1}/{n}: mAP50-95 "
                                                          f"{t['map50_95']:.4f} (best {best['map50_95']:.4f})"))
     log(regime_line(summary))
     pruned = Path(summary["pruned"])
     log(f"fine-tuning the pruned model ({p['epochs']} epoch on {p['fraction']:.0%} of train)")
     tuned = api.finetune(pruned, data.yaml_path, p["epochs"], fraction=p["fraction"], project=str(out / "finetune"),
-                     name="exp", exist_ok=True, verbose=False, workers=0, batch=16)
+                     name="exp", exist_ok=True, verbose=False, workers=0, batch=16, device=device)
 
     log("scoring original, pruned and fine-tuned models on the test split")
     rows = []
     for label, w in (("original", DEFAULT_WEIGHTS), ("pruned", pruned), ("pruned + fine-tuned", tuned)):
-        r = api.evaluate(w, data.yaml_path, split="test", val_images=p["test_images"])
+        r = api.evaluate(w, data.yaml_path, split="test", val_images=p["test_images"], device=device)
         rows.append({"model": label, "weights": str(w), "map50_95": r.map50_95, "map50": r.map50})
     log("timing the three models side by side in ONNX Runtime")
     bench = api.bench([r["weights"] for r in rows], loaded.imgsz, (1,), runs=p["bench_runs"], warmup=3)

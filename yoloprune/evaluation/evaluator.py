@@ -13,20 +13,28 @@ from yoloprune.evaluation.calibration import calibration_batches, recalibrate_bn
 from yoloprune.evaluation.data import dataset_yaml, load_split, subset, take_slice
 from yoloprune.evaluation.inference import LetterboxedImages, letterbox
 from yoloprune.evaluation.metric import EvalResult, evaluate
-from yoloprune.evaluation.scores import CALIB_IMAGES, SCORES, agreement, class_maps, short_recovery
+from yoloprune.evaluation.scores import (
+    CALIB_IMAGES,
+    SCORES,
+    agreement,
+    class_maps,
+    short_recovery,
+)
 
 
 class TrialEvaluator:
     """Scores candidate models on a fixed search slice, with BN recalibration; built once per search.
 
     The search slice comes from `split` (default val); the final-check slice is the test
-    split when the data set has one, else the val images the search slice does not use.
+    split when the data set has one, else the val images the search slice does not use. Images and
+    calibration batches stay resident on `device`, where the candidates are scored.
     """
 
     def __init__(self, data: str | Path, model_names: dict[int, str], imgsz: int, val_images: int = 200,
                  calib_images: int = CALIB_IMAGES, calib_split: str | None = None, recalibrate: bool = True,
                  slice_seed: int | None = None, batch: int = 32, final_images: int | None = 500,
-                 final_split: str | None = None, score: str = "map", reference: nn.Module | None = None) -> None:
+                 final_split: str | None = None, score: str = "map", reference: nn.Module | None = None,
+                 device: str = "cpu") -> None:
         if score not in SCORES:
             raise UserError(f"unknown score '{score}' (choose from {', '.join(SCORES)})")
         if score == "recovered" and not recalibrate:
@@ -37,7 +45,9 @@ class TrialEvaluator:
         val = load_split(data, "val", model_names)
         idx = take_slice(val, val_images, slice_seed)
         self.search = subset(val, idx)
+        self.device = device
         self.search_images = letterbox(self.search.images, imgsz)
+        self.search_images.pixels = self.search_images.pixels.to(device)
         info = dataset_yaml(data) if not str(data).endswith(".json") else {}
         split = final_split or ("test" if info.get("test") else "val")
         self.final_disjoint = True
@@ -54,7 +64,8 @@ class TrialEvaluator:
             raise UserError("BN recalibration needs a dataset YAML with a train split (or turn recalibration off)")
         if recalibrate:
             c_split = calib_split or ("calib" if info.get("calib") else "train")
-            self.calibration = calibration_batches(data, c_split, calib_images, imgsz, batch)
+            self.calibration = [{k: v.to(device) for k, v in b.items()}
+                                for b in calibration_batches(data, c_split, calib_images, imgsz, batch)]
         self.reference_maps = None
         if score == "agreement":
             if getattr(reference.model[-1], "end2end", False):
@@ -81,6 +92,7 @@ class TrialEvaluator:
         """mAP on the final-check slice, disjoint from the search slice (recalibrated first if enabled and asked)."""
         if self._final_images is None:
             self._final_images = letterbox(self.final.images, self.imgsz)
+            self._final_images.pixels = self._final_images.pixels.to(self.device)
         if self.recalibrate and recalibrate:
             recalibrate_bn(model, self.calibration)
         return evaluate(model, self.final, self.imgsz, self.batch, self._final_images)

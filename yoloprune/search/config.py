@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
 from yoloprune.search.criteria import CRITERION_CHOICES
@@ -51,6 +52,7 @@ class SearchConfig:
     worker_cpus: int | None = None
     worker_gpus: float = 0.0
     ray_address: str | None = None
+    device: str | None = None  # --device syntax; None: the first CUDA device when one is visible (not identity)
 
 
 IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "min_speedup", "imgsz", "criterion", "round_to", "val_images",
@@ -91,6 +93,10 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"unknown score '{cfg.score}' (choose from {', '.join(SCORES)})")
     if cfg.score == "recovered" and not cfg.recalibrate:
         raise UserError("--score recovered trains on the calibration batches: it cannot go with --no-recalibrate")
+    device = resolve_device(cfg.device)
+    if cfg.workers > 1 and cfg.device is not None and (device == "cpu") != (cfg.worker_gpus == 0):
+        raise UserError(f"--device {cfg.device} with --workers {cfg.workers}: Ray workers take the device "
+                        f"--worker-gpus gives them (0: the CPU); leave --device out or make them agree")
     check_parallel(cfg.workers, cfg.worker_cpus, cfg.worker_gpus, cfg.ray_address)
     cores = os.cpu_count() or 1
     if not 1 <= cfg.latency_threads <= cores:

@@ -42,7 +42,7 @@ class ScorerSpec:
     recalibrate: bool
     score: str
     slice_seed: int | None = None
-    device: str = "cpu"  # "cuda" on a Ray worker given GPUs (Ray sets CUDA_VISIBLE_DEVICES for it)
+    device: str = "cpu"  # "cuda" on a Ray worker given GPUs (Ray sets CUDA_VISIBLE_DEVICES for it), else --device
 
 
 class CandidateScorer:
@@ -60,7 +60,8 @@ class CandidateScorer:
         self.unit_scores = unit_scores(self.space, spec.criterion)
         self.evaluator = evaluator or TrialEvaluator(
             spec.data, self.loaded.model.names, self.loaded.imgsz, spec.val_images, spec.calib_images,
-            recalibrate=spec.recalibrate, score=spec.score, reference=self.loaded.model, slice_seed=spec.slice_seed)
+            recalibrate=spec.recalibrate, score=spec.score, reference=self.loaded.model, slice_seed=spec.slice_seed,
+            device=spec.device)
 
     def __call__(self, rates: dict[str, float]) -> dict:
         from yoloprune.structure.pruner import prune, removed_units

@@ -16,17 +16,35 @@ import numpy as np
 import yaml
 
 from yoloprune.checkpoint import file_sha256, load, save_pruned
+from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.data import check_classes
 from yoloprune.evaluation.evaluator import TrialEvaluator
-from yoloprune.latency.model import LOCAL_POINTS, LatencyModel, PairedTimer, cache_dir, calibrated, latency_model
+from yoloprune.latency.model import (
+    LOCAL_POINTS,
+    LatencyModel,
+    PairedTimer,
+    cache_dir,
+    calibrated,
+    latency_model,
+)
 from yoloprune.search.budget import Budget
-from yoloprune.search.config import IDENTITY, LATENCY_IDENTITY, SearchConfig, check_config
+from yoloprune.search.config import (
+    IDENTITY,
+    LATENCY_IDENTITY,
+    SearchConfig,
+    check_config,
+)
 from yoloprune.search.criteria import AUTO, choose_criteria
 from yoloprune.search.executors import CandidateScorer, LocalPool, RayPool, ScorerSpec
 from yoloprune.search.report import classify_regime, plot_run, unpruned_map
 from yoloprune.search.store import RunStore, run_dir_for
-from yoloprune.search.strategies import SCAN_PHASE, STRATEGY_CLASSES, make_strategy, on_budget
+from yoloprune.search.strategies import (
+    SCAN_PHASE,
+    STRATEGY_CLASSES,
+    make_strategy,
+    on_budget,
+)
 from yoloprune.structure.groups import analyse
 from yoloprune.structure.importance import effective_criterion, unit_scores
 from yoloprune.structure.pruner import prune_by_rates
@@ -96,7 +114,7 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
     """The trial loop of `run_search` (resumed from the run's trial log), then the final check."""
     evaluator = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
                                recalibrate=cfg.recalibrate, score=cfg.score, reference=loaded.model,
-                               slice_seed=cfg.slice_seed)
+                               slice_seed=cfg.slice_seed, device=resolve_device(cfg.device))
     cfg = replace(cfg, criterion=_criterion(cfg, loaded, space, evaluator, store, log))
     strategy = make_strategy(cfg.strategy, space, budget, unit_scores(space, cfg.criterion), cfg.seed, cfg.trials)
     regime = None
@@ -181,7 +199,7 @@ def _calibrate(budget: Budget, base: LatencyModel, space, trials: list[dict], lo
 def _pool(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, total: int, log):
     """This process for one worker (or a one-trial baseline), else Ray actors."""
     spec = ScorerSpec(cfg.weights, cfg.data, loaded.imgsz, cfg.round_to, cfg.criterion, cfg.val_images,
-                      cfg.calib_images, cfg.recalibrate, cfg.score, cfg.slice_seed)
+                      cfg.calib_images, cfg.recalibrate, cfg.score, cfg.slice_seed, evaluator.device)
     if cfg.workers == 1 or total == 1:
         return LocalPool(CandidateScorer(spec, loaded, space, evaluator), cfg.worker_cpus)
     return RayPool(spec, min(cfg.workers, total), cfg.worker_cpus, cfg.worker_gpus, cfg.ray_address, log)
@@ -196,7 +214,8 @@ def _finish(cfg, loaded, space, evaluator, trials, store: RunStore, search_secon
     if latency:
         best, measured_ms = _fastest_enough(budget.max_latency_ms, space, results, timer, log)
     result = prune_by_rates(loaded.model, space, best["rates"], cfg.criterion)
-    final = evaluator.final_check(result.model)  # recalibrates BN in place: the saved model keeps those statistics
+    final = evaluator.final_check(result.model.to(evaluator.device))  # recalibrates BN in place: the saved model
+    result.model.cpu()                                                 # keeps those statistics
     out = save_pruned(result.model, loaded, store.path("pruned.pt"),
                       {**result.provenance(), "search": str(store.dir), "strategy": cfg.strategy})
     store.write_text("best_rates.yaml", yaml.safe_dump({k: round(v, 6) for k, v in best["rates"].items()},
@@ -234,9 +253,10 @@ def _finetune_best(cfg, pruned: Path, evaluator, run_dir: Path) -> dict:
     from yoloprune.training.finetune import finetune
 
     tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, distill=cfg.distill_from, fraction=cfg.finetune_fraction,
+                     device=cfg.device,
                      project=str(run_dir), name="finetune", exist_ok=True,
                      workers=2)  # a resumed run restarts an unfinished fine-tune
-    after = evaluator.final_check(load(tuned).model, recalibrate=False)
+    after = evaluator.final_check(load(tuned).model.to(evaluator.device), recalibrate=False)
     return {"finetuned": str(tuned), "finetune_epochs": cfg.finetune_epochs,
             "finetuned_final_check_map50_95": after.map50_95, "finetuned_final_check_map50": after.map50}
 

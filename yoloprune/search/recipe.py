@@ -70,7 +70,7 @@ def run_recipe(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
                                   target_flops=cfg.target_flops or READOUT_FLOPS, val_images=cfg.val_images,
                                   calib_images=cfg.calib_images, slice_seed=cfg.slice_seed, log=log,
                                   imgsz=original.imgsz, fraction=cfg.finetune_fraction, project=str(store.dir),
-                                  name="sparsify", exist_ok=True, workers=2)
+                                  name="sparsify", exist_ok=True, workers=2, device=cfg.device)
     if log:
         log(f"recipe 2/3: search on the sparsified model; 3/3: fine-tune {cfg.finetune_epochs} epoch(s)"
             + (" distilled from the original" if cfg.distill_from else ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ COLLAPSE_SHARE = 0.2  # the best initial candidate keeps less of the unpruned mA
 
 def unpruned_map(loaded, evaluator: TrialEvaluator) -> float:
     """The unpruned model's mAP50-95 on the search slice (its own BN statistics)."""
-    return evaluate(loaded.model, evaluator.search, evaluator.imgsz, evaluator.batch, evaluator.search_images).map50_95
+    model = copy.deepcopy(loaded.model).to(evaluator.device)
+    return evaluate(model, evaluator.search, evaluator.imgsz, evaluator.batch, evaluator.search_images).map50_95
 
 
 def classify_regime(first_maps: list[float], reference: float, log=None) -> dict:

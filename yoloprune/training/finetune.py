@@ -16,6 +16,7 @@ import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 from yoloprune.checkpoint import load_model
+from yoloprune.devices import resolve_device, trainer_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.data import check_classes
 from yoloprune.threads import torch_threads
@@ -41,7 +42,8 @@ class PrunedDetectionTrainer(DetectionTrainer):
 
 def train_args_for(weights: str | Path, data: str | Path, epochs: int, overrides: dict) -> dict:
     """The trainer overrides for training `weights` (checked: a loadable .pt, a data set with the model's classes)
-    `epochs` epochs on `data`: FINETUNE_DEFAULTS, then `overrides` (None values ignored)."""
+    `epochs` epochs on `data`: FINETUNE_DEFAULTS, then `overrides` (None values ignored; `device` in --device
+    syntax, default the first CUDA device when one is visible)."""
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     weights = Path(weights)
@@ -49,7 +51,8 @@ def train_args_for(weights: str | Path, data: str | Path, epochs: int, overrides
         raise UserError(f"training needs a .pt checkpoint, got {weights}")
     model, train_args = load_model(weights)  # clear errors for a missing or foreign file
     check_classes(model.names, data)
-    args = {**FINETUNE_DEFAULTS, "model": str(weights), "data": str(data), "epochs": epochs, "device": "cpu",
+    device = trainer_device(resolve_device(overrides.pop("device", None)))
+    args = {**FINETUNE_DEFAULTS, "model": str(weights), "data": str(data), "epochs": epochs, "device": device,
             "imgsz": overrides.pop("imgsz", None) or train_args.get("imgsz", 640), "exist_ok": False}
     args.update({k: v for k, v in overrides.items() if v is not None})
     if args.get("project"):  # Ultralytics re-roots a relative project under runs/detect/

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from yoloprune.atomic import write_text_atomic
 from yoloprune.checkpoint import load
+from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.evaluation.scores import CALIB_IMAGES
@@ -144,14 +145,17 @@ def prunability(model: nn.Module, space: PruneSpace, evaluator: TrialEvaluator, 
 
 def run_sparsify(weights: str | Path, data: str | Path, epochs: int, l1: float = DEFAULT_L1,
                  target_flops: float = 0.5, val_images: int = 200, calib_images: int = CALIB_IMAGES,
-                 slice_seed: int = 0, log: Callable[[str], None] | None = None, **overrides) -> dict:
+                 slice_seed: int = 0, log: Callable[[str], None] | None = None, device: str | None = None,
+                 **overrides) -> dict:
     """Sparsify `weights` and report: BN-scale distributions and prunability (uniform rates at `target_flops`,
     recalibrated) before and after; writes sparsify.json and bn_scales.png beside the trainer's weights/."""
     check_l1(l1)
     if not 0.0 < target_flops < 1.0:
         raise UserError(f"--target-flops {target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
+    device = resolve_device(device)
     loaded = load(weights, overrides.get("imgsz"))
     space = analyse(loaded.model, loaded.imgsz)
+    loaded.model.to(device)  # the readouts run there; so does the training
     masks = prunable_bn_masks(space)
     if not masks:
         raise UserError(f"{weights} has no BatchNorm on prunable channels: network slimming needs BatchNorm scales")
@@ -163,9 +167,10 @@ def run_sparsify(weights: str | Path, data: str | Path, epochs: int, l1: float =
         log(f"before: mAP50-95 {before['unpruned_map50_95']:.4f} unpruned, {before['uniform_map50_95']:.4f} with "
             f"uniform rates at {target_flops:.0%} FLOPs; {scale_stats(scales_before)['share_below_small']:.1%} of "
             f"{len(scales_before)} prunable BN scales under {SMALL_SCALE}")
-    out = sparsify(weights, data, epochs, masks, l1, **overrides)
+    out = sparsify(weights, data, epochs, masks, l1, device=device, **overrides)
     slim = load(out, loaded.imgsz)
     slim_space = analyse(slim.model, slim.imgsz)
+    slim.model.to(device)
     after = prunability(slim.model, slim_space, evaluator, target_flops)
     scales_after = bn_scales(slim.model, masks)
     kept = after["unpruned_map50_95"] / before["unpruned_map50_95"] if before["unpruned_map50_95"] > 0 else None
