@@ -15,13 +15,7 @@ import torch
 import torch.nn as nn
 
 from yoloprune.evaluation.data import DetSplit
-from yoloprune.evaluation.inference import (
-    MAX_DET,
-    LetterboxedImages,
-    OnnxDetector,
-    letterbox,
-    predict,
-)
+from yoloprune.evaluation.inference import MAX_DET, LetterboxedImages, OnnxDetector, letterbox, predict
 
 
 @dataclass

@@ -16,12 +16,7 @@ import torch.nn as nn
 
 from yoloprune.errors import UserError
 from yoloprune.evaluation.scores import agreement, class_maps
-from yoloprune.structure.importance import (
-    CRITERIA,
-    DEFAULT_CRITERION,
-    effective_criterion,
-    unit_scores,
-)
+from yoloprune.structure.importance import CRITERIA, DEFAULT_CRITERION, effective_criterion, unit_scores
 from yoloprune.structure.pruner import removed_units, zeroed
 from yoloprune.structure.space import PruneSpace
 

@@ -32,15 +32,7 @@ import torch
 
 from yoloprune.errors import UserError
 from yoloprune.search.budget import Budget
-from yoloprune.search.sensitivity import (
-    LEVELS,
-    ScanPlan,
-    allocate,
-    plan_scan,
-    scan_report,
-    scan_scores,
-    scan_size,
-)
+from yoloprune.search.sensitivity import LEVELS, ScanPlan, allocate, plan_scan, scan_report, scan_scores, scan_size
 from yoloprune.structure.space import PruneSpace
 from yoloprune.threads import torch_threads
 
