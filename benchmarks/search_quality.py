@@ -27,7 +27,8 @@ from yoloprune.search.loop import run_search
 from yoloprune.search.strategies import HDBO
 
 VARIANTS = {"hdbo-box": ("hdbo", {}, (HDBO, "trust_region", False)),
-            "hdbo-auto": ("hdbo", {"criterion": "auto"}, (None, None, None))}
+            "hdbo-auto": ("hdbo", {"criterion": "auto"}, (None, None, None)),
+            "hdbo-l1": ("hdbo", {"criterion": "l1"}, (None, None, None))}
 
 SEEDS = {0.5: (0, 1, 2), 0.4: (0,), 0.6: (0,)}
 SEED_FREE = ("uniform", "global", "sensitivity")  # the same run whatever the seed
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--strategies", default="uniform,global,hdbo,random,bocr,saas")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2 at 50%%, else 0)")
     parser.add_argument("--slice-seed", type=int, default=0)
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="default: the embedded default model")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("search_quality")
@@ -50,30 +52,34 @@ def main() -> None:
                 seeds = tuple(map(int, args.seeds.split(","))) if args.seeds else SEEDS.get(budget, (0,))
                 for seed in ((0,) if strategy in SEED_FREE else seeds):
                     unit = f"{strategy}/{budget}/{seed}/{args.trials}/slice{args.slice_seed}"
+                    if Path(args.weights) != DEFAULT_WEIGHTS:
+                        unit = f"{Path(args.weights).stem}/{unit}"
                     if unit in log.done():
                         continue
                     run = Path("benchmarks/runs") / unit.replace("/", "-")
                     shutil.rmtree(run, ignore_errors=True)
-                    s = run_unit(data, budget, strategy, seed, args.trials, run, args.slice_seed)
+                    s = run_unit(args.weights, data, budget, strategy, seed, args.trials, run, args.slice_seed)
                     log.append(unit, {"strategy": strategy, "budget": budget, "seed": seed, "trials": s["trials"],
-                                      "slice_seed": args.slice_seed,
+                                      "slice_seed": args.slice_seed, "model": Path(args.weights).stem,
                                       "search_map50_95": s["best"]["map50_95"],
                                       "final_check_map50_95": s["best"]["final_check_map50_95"],
                                       "flops_ratio": s["best"]["flops_ratio"],
                                       "bo_overhead_share": s["bo_overhead_share"],
                                       "mean_trial_eval_seconds": s["mean_trial_eval_seconds"]})
                     print(unit, round(s["best"]["final_check_map50_95"], 4), flush=True)
-    print_table(log.done())
+    model = Path(args.weights).stem
+    print_table({k: r for k, r in log.done().items() if r.get("model", DEFAULT_WEIGHTS.stem) == model})
 
 
-def run_unit(data, budget: float, strategy: str, seed: int, trials: int, run: Path, slice_seed: int) -> dict:
+def run_unit(weights: str, data, budget: float, strategy: str, seed: int, trials: int, run: Path,
+             slice_seed: int) -> dict:
     """One search; a variant runs its base strategy with other settings or one class attribute switched."""
     base, settings, (cls, attr, value) = VARIANTS.get(strategy, (strategy, {}, (None, None, None)))
     saved = getattr(cls, attr) if cls else None
     if cls:
         setattr(cls, attr, value)
     try:
-        return run_search(SearchConfig(str(DEFAULT_WEIGHTS), str(data.yaml_path), budget, trials=trials,
+        return run_search(SearchConfig(str(weights), str(data.yaml_path), budget, trials=trials,
                                        strategy=base, seed=seed, project=str(run.parent), name=run.name,
                                        slice_seed=slice_seed, **settings))
     finally:
