@@ -107,6 +107,9 @@ def test_resume_refuses_a_different_budget(tmp_path, tiny_weights, tiny_data):
     (["--target-flops", "1.0"], "(0, 1)"),
     (["--trials", "0"], "--trials"),
     (["--strategy", "magic"], "unknown strategy"),
+    (["--strategy", "sensitivity", "--trials", "4"], "--trials >= 5"),
+    (["--strategy", "hdbo-warm", "--trials", "7"], "--trials >= 8"),
+    (["--criterion", "magic"], "--criterion"),
     (["--distill"], "--finetune-epochs"),
 ])
 def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):

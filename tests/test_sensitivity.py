@@ -58,6 +58,16 @@ def test_allocation_meets_the_budget_and_is_monotone(space):
         assert sensitivity @ rates ** 2 < sensitivity @ uniform ** 2
 
 
+def test_blocks_that_lose_nothing_do_not_overshoot_the_budget(space):
+    """Scan noise often scores a pruned block at or above the unpruned model: such blocks are cut only as far as
+    the budget needs, not all to the maximum rate."""
+    budget = Budget(space, 0.85)
+    plan = plan_scan(budget, 1 + 3 * len(space.groups))
+    sensitivity = np.where(np.arange(len(space.groups)) % 2 == 0, 0.0, 0.3)
+    rates = allocate(budget, plan, synthetic_scores(plan, sensitivity))
+    assert 0.83 <= budget.ratio(rates)[0] <= 0.85
+
+
 def test_loss_curves_are_monotone_and_zero_at_rate_zero(space):
     plan = plan_scan(Budget(space, 0.5), 13)
     scores = np.concatenate([[0.7], np.random.default_rng(1).uniform(0.3, 0.8, len(plan.points) - 1)])
@@ -97,8 +107,8 @@ def test_warm_hdbo_keeps_results_on_budget(tmp_path, tiny_weights, tiny_data):
     summary = json.loads(out.stdout)
     trials = [json.loads(line) for line in (tmp_path / "exp" / "trials.jsonl").read_text().splitlines()]
     phases = [t["phase"] for t in trials]
-    # the unpruned model and one block at half the maximum rate, the uniform point, the allocation, then BO
-    assert phases == ["scan"] * 2 + ["init"] + ["hdbo-warm"] * 5
+    # the unpruned model and two blocks at half the maximum rate, the uniform point, the allocation, then BO
+    assert phases == ["scan"] * 3 + ["init"] + ["hdbo-warm"] * 4
     assert all(t["flops_ratio"] <= 0.6 + 1e-9 for t in trials if t["phase"] != "scan")
     assert summary["best"]["flops_ratio"] <= 0.6 + 1e-9 and summary["best"]["trial"] >= 2
 

@@ -112,7 +112,7 @@ def evaluate(weights: str | Path, data: str | Path, split: str = "val", val_imag
 
 
 def search(weights: str | Path, data: str | Path, target_flops: float | None = None,
-           on_trial: Callable[[dict, dict, int], None] | None = None, log: Callable[[str], None] | None = None,
+           on_trial: Callable[[dict, dict | None, int], None] | None = None, log: Callable[[str], None] | None = None,
            **options) -> dict:
     """Search per-group rates (one-shot, staged with `stages=K`, or the sparsify recipe with `sparsify_epochs=S`);
     `options` are SearchConfig fields (trials, strategy, max_latency_ms, finetune_epochs, ...). Returns the

@@ -15,6 +15,8 @@ def add_parser(sub) -> None:
                    help="also show the criterion that ranks each group's channels; auto (needs --data) probes them "
                         "as 'search --criterion auto' does")
     p.add_argument("--data", default=None, help="dataset YAML, for --criterion auto")
+    p.add_argument("--val-images", type=int, default=200, help="as the search's: its slice gives the probe images")
+    p.add_argument("--slice-seed", type=int, default=0, help="as the search's (default 0)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +30,8 @@ def run(args) -> None:
     space = api.analyse(loaded, args.round_to)
     groups = api.group_table(space)
     if args.criterion:
-        chosen = api.choose_criteria(loaded, space, args.data) if args.criterion == "auto" else {}
+        chosen = (api.choose_criteria(loaded, space, args.data, args.val_images, args.slice_seed)
+                  if args.criterion == "auto" else {})
         for g in groups:
             g["criterion"] = chosen.get(g["name"], args.criterion)
     flops = float(space.flops()[0])

@@ -86,7 +86,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=None,
                    help=f"{DEVICE_HELP}: trials (pruning copies, BN recalibration, inference, NMS), recoveries, the "
                         f"fine-tune and the final check; latency timing stays on ONNX Runtime's CPU. Ray workers "
-                        f"take the device --worker-gpus gives them"),
+                        f"take the device --worker-gpus gives them")
     p.add_argument("--ray-address", default=None,
                    help="HOST:PORT of a running Ray cluster to join (default: a private local instance for the run); "
                         "its nodes must see --weights and --data at the same paths")

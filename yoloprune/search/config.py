@@ -34,7 +34,7 @@ class SearchConfig:
     calib_images: int = CALIB_IMAGES
     imgsz: int | None = None
     seed: int = 0
-    criterion: str = DEFAULT_CRITERION  # one of CRITERION_CHOICES; `auto` is resolved per group by the search
+    criterion: str | dict = DEFAULT_CRITERION  # one of CRITERION_CHOICES; the search resolves `auto` per group
     round_to: int = 8
     recalibrate: bool = True
     project: str = "runs/search"

@@ -36,7 +36,7 @@ class ScorerSpec:
     data: str
     imgsz: int
     round_to: int
-    criterion: str
+    criterion: str | dict  # one criterion, or {group: criterion}
     val_images: int
     calib_images: int
     recalibrate: bool

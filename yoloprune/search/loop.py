@@ -7,6 +7,7 @@ its log and refuses when the weights, data or budget differ.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -175,7 +176,8 @@ def _criterion(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, stor
         return cfg.criterion
     if store.has("criteria.json"):
         return store.read_json("criteria.json")
-    choice = choose_criteria(loaded.model, space, evaluator.search_images.pixels, log)
+    model = copy.deepcopy(loaded.model).to(evaluator.device)  # probed where the images are
+    choice = choose_criteria(model, space, evaluator.search_images.pixels, log)
     store.write_json("criteria.json", choice)
     return choice
 

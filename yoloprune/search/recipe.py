@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from typing import Callable
 
 from yoloprune.checkpoint import file_sha256, load
+from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.data import check_classes
 from yoloprune.evaluation.evaluator import TrialEvaluator
@@ -83,8 +84,8 @@ def run_recipe(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
         summary = run_search(search, on_trial, log)
 
     evaluator = TrialEvaluator(cfg.data, original.model.names, original.imgsz, cfg.val_images, recalibrate=False,
-                               slice_seed=cfg.slice_seed)
-    reference = evaluator.final_check(original.model, recalibrate=False).map50_95
+                               slice_seed=cfg.slice_seed, device=resolve_device(cfg.device))
+    reference = evaluator.final_check(original.model.to(evaluator.device), recalibrate=False).map50_95
     final = summary["finetuned_final_check_map50_95"]
     recipe = {
         "original": cfg.weights, "original_final_check_map50_95": reference,

@@ -95,7 +95,7 @@ def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60
 
     def rates_at(mu: float) -> np.ndarray:
         value = loss - mu * saved
-        pick = GRID - 1 - np.argmin(value[:, ::-1], axis=1)  # the largest minimiser: monotone in mu
+        pick = np.argmin(value, axis=1)  # the smallest minimiser: monotone in mu, and no cut a zero loss allows
         rates = np.zeros(g)
         for b, block in enumerate(plan.blocks):
             rates[block] = alone[b, pick[b], block]
@@ -103,10 +103,9 @@ def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60
 
     hi = 1.0
     while not budget.feasible(rates_at(hi))[0]:
-        # at a large enough mu every block takes the maximum rate, which Budget() checked is feasible
         hi *= 2.0
-        if hi > 1e30:
-            raise UserError("no allocation of the scanned rates meets the budget")
+        if hi > 1e30:  # infeasible even at the maximum rates (a latency estimate recalibrated since Budget())
+            return space.realised_rates(np.full(g, budget.max_rate))[0]  # as Budget.project does
     lo = 0.0
     for _ in range(iters):
         mid = (lo + hi) / 2

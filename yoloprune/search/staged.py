@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from yoloprune.checkpoint import file_sha256, load
+from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.search.budget import Budget
@@ -73,15 +74,15 @@ def auto_stages(cfg: SearchConfig, log: Callable[[str], None] | None = None) -> 
     loaded = load(cfg.weights, cfg.imgsz)
     space = analyse(loaded.model, loaded.imgsz, cfg.round_to)
     ev = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
-                        recalibrate=cfg.recalibrate, slice_seed=cfg.slice_seed)
+                        recalibrate=cfg.recalibrate, slice_seed=cfg.slice_seed, device=resolve_device(cfg.device))
     reference = unpruned_map(loaded, ev)
     most = max(1, min(MAX_AUTO_STAGES, stage_limit(cfg.target_flops), cfg.trials // MIN_STAGE_TRIALS))
     for k in range(1, most + 1):
         step = cfg.target_flops ** (1.0 / k)
         rates = Budget(space, step).project(np.zeros((1, len(space.groups))))[0]
         criterion = DEFAULT_CRITERION if cfg.criterion == AUTO else cfg.criterion  # a probe, before any choice
-        share = ev.score(prune(loaded.model, space, dict(zip(space.names, map(float, rates))), criterion)
-                         ).map50_95 / max(reference, 1e-9)
+        candidate = prune(loaded.model, space, dict(zip(space.names, map(float, rates))), criterion).to(ev.device)
+        share = ev.score(candidate).map50_95 / max(reference, 1e-9)
         if log:
             log(f"stages auto: {k} stage(s), first step to {step:.0%} FLOPs keeps {share:.0%} of the unpruned mAP "
                 f"with uniform rates")

@@ -222,8 +222,9 @@ class BayesianStrategy(Strategy):
         self._fits = 0
 
     def incumbent(self, rates: np.ndarray, scores: np.ndarray) -> int:
-        """Row of the best search result so far."""
-        return int(np.argmax(np.where(self.searched(rates), scores, -np.inf)))
+        """Row of the best search result so far (of any trial, should none be a search result yet)."""
+        searched = self.searched(rates)
+        return int(np.argmax(np.where(searched, scores, -np.inf) if searched.any() else scores))
 
     def _seeded_fit(self, x, y, trial: int, state: dict | None):
         return _fit_seeded(self.ctx, x, y, self.kind, trial, state)
@@ -407,9 +408,16 @@ class WarmHDBO(HDBO):
 
     name = "hdbo-warm"
     levels = (0.5,)
+    min_trials = 8  # a scan of two blocks or more, the uniform point, the allocation and BO trials
+
+    @classmethod
+    def evaluations(cls, trials: int, n_groups: int) -> int:
+        if trials < cls.min_trials:
+            raise UserError(f"--strategy {cls.name} needs --trials >= {cls.min_trials}, got {trials}")
+        return trials
 
     def design(self, ctx: SearchContext) -> np.ndarray:
-        self.plan = plan_scan(ctx.budget, max(len(self.levels) + 1, ctx.trials // 4), self.levels)
+        self.plan = plan_scan(ctx.budget, max(3, ctx.trials // 4), self.levels)
         return np.vstack([self.plan.points, ctx.budget.project(np.zeros((1, len(ctx.space.groups))))])
 
     def next(self, rates: np.ndarray, scores: np.ndarray, t: int, pending: np.ndarray | None) -> np.ndarray:

@@ -82,14 +82,16 @@ def unit_scores(space: PruneSpace, criterion: Criterion = DEFAULT_CRITERION) -> 
         raise ValueError(f"unknown criterion '{unknown_criterion(criterion)}' (choose from {', '.join(CRITERIA)})")
     if isinstance(criterion, dict):
         per = {c: unit_scores(space, c) for c in {*criterion.values(), DEFAULT_CRITERION}}
-        return {int(r): per[criterion.get(g.name, DEFAULT_CRITERION)][int(r)]
-                for g in space.groups for part in g.parts for r in part if int(r) in per[DEFAULT_CRITERION]}
+        own = {g.name: per[criterion.get(g.name, DEFAULT_CRITERION)] for g in space.groups}
+        return {int(r): own[g.name][int(r)] for g in space.groups for part in g.parts for r in part
+                if int(r) in own[g.name]}
     criterion = effective_criterion(space, criterion)
     graph = space.graph
     total: dict[int, float] = {}
     count: dict[int, int] = {}
 
     def add(roots: np.ndarray, scores: torch.Tensor) -> None:
+        scores = scores.detach().float().cpu()
         s = (scores / scores.mean().clamp_min(1e-12)).numpy()
         for r, v in zip(roots, s):
             if r != FIXED:

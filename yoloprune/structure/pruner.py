@@ -135,7 +135,8 @@ def prune(model: nn.Module, space: PruneSpace, rates: dict[str, float], criterio
 @torch.no_grad()
 def zeroed(model: nn.Module, space: PruneSpace, removed: set[int]):
     """`model` with the `removed` units' filters, conv biases and BN affine set to zero, in place and restored on
-    exit: the outputs of the pruned model (tests/test_pruning.py checks it for every family) without building one."""
+    exit: the outputs of the pruned model without building one, where a removed channel's activation of 0 is 0
+    (SiLU, ReLU: tests/test_pruning.py checks every family)."""
     graph = space.graph
     modules = dict(model.named_modules())
     hit = []  # (tensor, indices of removed channels)
@@ -147,9 +148,9 @@ def zeroed(model: nn.Module, space: PruneSpace, removed: set[int]):
         idx = [i for i, u in enumerate(src) if u != FIXED and graph.root(int(u)) in removed]
         hit += [(t, idx) for t in (modules[name].weight, modules[name].bias) if idx]
     saved = [t.data[idx].clone() for t, idx in hit]
-    for t, idx in hit:
-        t.data[idx] = 0
     try:
+        for t, idx in hit:
+            t.data[idx] = 0
         yield model
     finally:
         for (t, idx), v in zip(hit, saved):

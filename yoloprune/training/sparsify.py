@@ -160,7 +160,8 @@ def run_sparsify(weights: str | Path, data: str | Path, epochs: int, l1: float =
     if not masks:
         raise UserError(f"{weights} has no BatchNorm on prunable channels: network slimming needs BatchNorm scales")
     train_args_for(weights, data, epochs, dict(overrides))  # bad input fails before minutes of evaluation
-    evaluator = TrialEvaluator(data, loaded.model.names, loaded.imgsz, val_images, calib_images, slice_seed=slice_seed)
+    evaluator = TrialEvaluator(data, loaded.model.names, loaded.imgsz, val_images, calib_images, slice_seed=slice_seed,
+                               device=device)
     before = prunability(loaded.model, space, evaluator, target_flops)
     scales_before = bn_scales(loaded.model, masks)
     if log:
