@@ -6,6 +6,7 @@ sparsify, recoveries and the fine-tune together, then is scored on 500 test imag
   reference         the unpruned model fine-tuned E epochs
   uniform           uniform rates at the budget, fine-tuned E epochs
   hdbo              one-shot hdbo search (T trials), best candidate fine-tuned E epochs
+  hdbo-auto         the same with --criterion auto (a pruning criterion per group)
   hdbo-distill      the same, the fine-tune distilling from the unpruned model
   sparsifyS         S epochs of network slimming, hdbo on the sparsified model, fine-tune E - S epochs
   sparsifyS-distill the same with a distilled fine-tune
@@ -31,7 +32,8 @@ from yoloprune import api
 from yoloprune.default.problem import default_dataset
 
 CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
-ROWS = ("reference", "uniform", "hdbo", "hdbo-distill", "sparsify2", "sparsify2-distill", "sparsify4", "staged")
+ROWS = ("reference", "uniform", "hdbo", "hdbo-auto", "hdbo-distill", "sparsify2", "sparsify2-distill", "sparsify4",
+        "staged")
 RUNS = Path("benchmarks/runs/final_accuracy")
 
 
@@ -80,7 +82,8 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
     options = {"trials": args.trials, "seed": seed, "project": str(run.parent), "name": run.name,
                "resume": (run / "meta.json").exists(),
                "distill_from": args.weights if row.endswith("-distill") else None,
-               "strategy": "uniform" if name == "uniform" else "hdbo"}
+               "strategy": "uniform" if name == "uniform" else "hdbo",
+               "criterion": "auto" if name == "hdbo-auto" else "bn"}
     if name == "staged":
         s = api.search(args.weights, data, args.budget, stages=2, recover_epochs=args.epochs // 2, **options)
         last = s["stage_summaries"][-1]
