@@ -31,12 +31,7 @@ from yoloprune.evaluation.metric import evaluate as run_eval
 from yoloprune.evaluation.scores import CALIB_IMAGES
 from yoloprune.structure.groups import analyse as _analyse
 from yoloprune.structure.importance import DEFAULT_CRITERION
-from yoloprune.structure.pruner import (
-    PruneResult,
-    check_rates,
-    param_count,
-    prune_by_rates,
-)
+from yoloprune.structure.pruner import PruneResult, check_rates, param_count, prune_by_rates
 from yoloprune.structure.space import PruneSpace
 
 __all__ = ["LoadedModel", "PruneResult", "PruneSpace", "load", "analyse", "read_rates", "check_rates", "prune",

@@ -13,13 +13,7 @@ from yoloprune.evaluation.calibration import calibration_batches, recalibrate_bn
 from yoloprune.evaluation.data import dataset_yaml, load_split, subset, take_slice
 from yoloprune.evaluation.inference import LetterboxedImages, letterbox
 from yoloprune.evaluation.metric import EvalResult, evaluate
-from yoloprune.evaluation.scores import (
-    CALIB_IMAGES,
-    SCORES,
-    agreement,
-    class_maps,
-    short_recovery,
-)
+from yoloprune.evaluation.scores import CALIB_IMAGES, SCORES, agreement, class_maps, short_recovery
 
 
 class TrialEvaluator:

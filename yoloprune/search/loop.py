@@ -21,31 +21,14 @@ from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.data import check_classes
 from yoloprune.evaluation.evaluator import TrialEvaluator
-from yoloprune.latency.model import (
-    LOCAL_POINTS,
-    LatencyModel,
-    PairedTimer,
-    cache_dir,
-    calibrated,
-    latency_model,
-)
+from yoloprune.latency.model import LOCAL_POINTS, LatencyModel, PairedTimer, cache_dir, calibrated, latency_model
 from yoloprune.search.budget import Budget
-from yoloprune.search.config import (
-    IDENTITY,
-    LATENCY_IDENTITY,
-    SearchConfig,
-    check_config,
-)
+from yoloprune.search.config import IDENTITY, LATENCY_IDENTITY, SearchConfig, check_config
 from yoloprune.search.criteria import AUTO, choose_criteria
 from yoloprune.search.executors import CandidateScorer, LocalPool, RayPool, ScorerSpec
 from yoloprune.search.report import classify_regime, plot_run, unpruned_map
 from yoloprune.search.store import RunStore, run_dir_for
-from yoloprune.search.strategies import (
-    SCAN_PHASE,
-    STRATEGY_CLASSES,
-    make_strategy,
-    on_budget,
-)
+from yoloprune.search.strategies import SCAN_PHASE, STRATEGY_CLASSES, make_strategy, on_budget
 from yoloprune.structure.groups import analyse
 from yoloprune.structure.importance import effective_criterion, unit_scores
 from yoloprune.structure.pruner import prune_by_rates
@@ -154,8 +137,7 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
             trials.append(trial)
             if on_trial:
                 on_trial(trial, max(on_budget(trials), key=lambda x: x["score"], default=None), total)
-            first = on_budget(trials[:strategy.n_init])
-            if len(trials) == strategy.n_init and first:
+            if len(trials) == strategy.n_init and (first := on_budget(trials)):
                 regime = classify_regime([x["map50_95"] for x in first], unpruned_map(loaded, evaluator), log)
     finally:
         pool.close()
