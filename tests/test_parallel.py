@@ -58,20 +58,27 @@ def test_killed_worker_is_replaced_and_no_trial_is_lost_or_repeated(tmp_path, ti
     proc = subprocess.Popen(parallel_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--trials", "10", "--name", "r",
                                          "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "r" / "trials.jsonl"
+
+    def scored_by() -> set[int]:  # complete lines only: the search may be appending one
+        lines = log.read_text().split("\n")[:-1] if log.exists() else []
+        return {json.loads(line)["worker_pid"] for line in lines if line}
+
     deadline = time.time() + 300
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
-        time.sleep(0.2)
-    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-               if "TrialWorker" in " ".join(p.cmdline())]
-    assert workers, "no Ray worker process found"
-    os.kill(workers[0].pid, signal.SIGKILL)
+    while time.time() < deadline and proc.poll() is None and len(scored_by()) < 2:
+        time.sleep(0.2)  # kill a worker known to have scored, not one still starting
+    assert len(scored_by()) == 2, "both workers must score before one is killed"
+    victim = min(scored_by())
+    workers = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+               if "TrialWorker" in " ".join(p.cmdline())}
+    assert victim in workers, "the worker that scored is not a Ray TrialWorker child"
+    os.kill(victim, signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-2000:]
     summary = json.loads(stdout)  # one JSON object: worker logs stay off stdout
     ids = trial_ids(tmp_path / "r")
     assert sorted(ids) == list(range(10)) and summary["trials"] == 10 and summary["workers"] == 2
     assert "died" in stderr
-    assert len({json.loads(line)["worker_pid"] for line in log.read_text().splitlines()}) >= 3  # a replacement ran
+    assert len(scored_by()) >= 3  # the replacement scored the resubmitted trial
 
 
 @pytest.mark.slow
