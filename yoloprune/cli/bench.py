@@ -9,7 +9,8 @@ from yoloprune.cli.common import emit
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="ONNX export and ONNX Runtime CPU latency, FLOPs, params side by side")
-    p.add_argument("--weights", required=True, nargs="+", help=".pt, .yaml or .onnx models; speedups are over the first")
+    p.add_argument("--weights", required=True, nargs="+",
+                   help=".pt, .yaml or .onnx models; speedups are over the first")
     p.add_argument("--imgsz", type=int, default=None, help="image size (default: the first checkpoint's training size)")
     p.add_argument("--threads", default="1,2", help="comma-separated ORT intra-op thread counts (default 1,2)")
     p.add_argument("--batch", type=int, default=1)

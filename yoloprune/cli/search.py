@@ -10,6 +10,7 @@ from yoloprune.cli.common import FLOPS_HELP, add_common, emit, log_to_stderr
 def add_parser(sub) -> None:
     from yoloprune.devices import DEVICE_HELP
     from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
+    from yoloprune.search.budget import FRONTS
     from yoloprune.search.criteria import CRITERION_CHOICES
     from yoloprune.structure.importance import DEFAULT_CRITERION
     from yoloprune.training.sparsify import DEFAULT_L1
@@ -87,6 +88,10 @@ def add_parser(sub) -> None:
                    help=f"{DEVICE_HELP}: trials (pruning copies, BN recalibration, inference, NMS), recoveries, the "
                         f"fine-tune and the final check; latency timing stays on ONNX Runtime's CPU. Ray workers "
                         f"take the device --worker-gpus gives them")
+    p.add_argument("--pareto", default=None, choices=FRONTS,
+                   help="search the whole front of mAP against FLOPs kept or estimated ONNX Runtime latency in one run "
+                        "(front.json, front.png, report.html), then take models from it with `yoloprune pick`; "
+                        "--target-flops / --max-latency-ms / --min-speedup then bound the front's range")
     p.add_argument("--ray-address", default=None,
                    help="HOST:PORT of a running Ray cluster to join (default: a private local instance for the run); "
                         "its nodes must see --weights and --data at the same paths")
@@ -141,7 +146,7 @@ def run(args) -> None:
                        score=args.score, stages=_stages(args.stages), recover_epochs=args.recover_epochs,
                        sparsify_epochs=args.sparsify_epochs or 0, l1=args.l1, workers=args.workers,
                        worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus, ray_address=args.ray_address,
-                       device=args.device)
+                       device=args.device, pareto=args.pareto)
     bar = TrialBar(quiet=args.json and not sys.stderr.isatty())
     if cfg.stages is not None:
         from yoloprune.search.staged import run_staged
@@ -157,7 +162,7 @@ def run(args) -> None:
         from yoloprune.search.loop import run_search
 
         summary = run_search(cfg, bar, log_to_stderr)
-    emit(args, summary, search_lines(summary))
+    emit(args, summary, front_lines(summary) if cfg.pareto else search_lines(summary))
 
 
 def staged_lines(summary: dict) -> list[str]:
@@ -172,6 +177,20 @@ def staged_lines(summary: dict) -> list[str]:
         f"{summary['final_check_images']} final-check images",
         f"pruned      {summary['pruned']}",
     ]
+
+
+def front_lines(summary: dict) -> list[str]:
+    import json
+    from pathlib import Path
+
+    front = json.loads((Path(summary["run_dir"]) / "front.json").read_text())
+    unit = "FLOPs kept" if front["front"] == "flops" else "est. ms"
+    return [f"run folder  {summary['run_dir']}  ({summary['trials']} trials, front of mAP50-95 against "
+            f"{front['cost_unit']}: {summary['front_points']} points, hypervolume {summary['hypervolume']:.4f})",
+            *[f"trial {p['trial']:>4}  {unit} {p['cost']:.3f}  mAP50-95 {p['map50_95']:.4f} (search slice)"
+              for p in front["points"]],
+            f"report      {Path(summary['run_dir']) / 'report.html'}; take a model with: yoloprune pick --run "
+            f"{summary['run_dir']} --target-flops F (or --max-latency-ms / --min-speedup) --out model.pt"]
 
 
 def search_lines(summary: dict) -> list[str]:

@@ -27,7 +27,8 @@ class EvalResult:
     score: float | None = None  # the search's objective (scores.py); mAP50-95 unless another score was asked
 
 
-def coco_map(det: DetSplit, detections: list[torch.Tensor], shapes: list[tuple[int, int]], imgsz: int) -> tuple[float, float]:
+def coco_map(det: DetSplit, detections: list[torch.Tensor], shapes: list[tuple[int, int]],
+             imgsz: int) -> tuple[float, float]:
     """(mAP50-95, mAP50) of `detections` against `det`'s ground truth, by pycocotools COCOeval."""
     from ultralytics.utils.ops import scale_boxes
 

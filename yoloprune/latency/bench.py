@@ -143,8 +143,8 @@ def benchmark(weights: list[str], imgsz: int = 640, threads: tuple[int, ...] = (
             for m, ms in zip(models, times):
                 p50 = float(np.median(ms))
                 m.latency[t] = {"p50_ms": p50, "p90_ms": float(np.percentile(ms, 90)),
-                                "p99_ms": float(np.percentile(ms, 99)), "throughput_ips": 1e3 * batch / float(np.mean(ms)),
-                                "speedup": base / p50}
+                                "p99_ms": float(np.percentile(ms, 99)),
+                                "throughput_ips": 1e3 * batch / float(np.mean(ms)), "speedup": base / p50}
         return models
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
+from yoloprune.search.budget import FRONTS
 from yoloprune.search.criteria import CRITERION_CHOICES
 from yoloprune.search.executors import check_parallel
 from yoloprune.search.strategies import STRATEGIES
@@ -53,11 +54,12 @@ class SearchConfig:
     worker_gpus: float = 0.0
     ray_address: str | None = None
     device: str | None = None  # --device syntax; None: the first CUDA device when one is visible (not identity)
+    pareto: str | None = None  # one of FRONTS: search the whole mAP-cost front instead of one budget
 
 
-IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "min_speedup", "imgsz", "criterion", "round_to", "val_images",
-            "calib_images", "recalibrate", "strategy", "seed", "trials", "score", "stages", "recover_epochs",
-            "distill_from", "slice_seed", "sparsify_epochs", "l1")
+IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "min_speedup", "imgsz", "criterion",
+            "round_to", "val_images", "calib_images", "recalibrate", "strategy", "seed", "trials", "score", "stages",
+            "recover_epochs", "distill_from", "slice_seed", "sparsify_epochs", "l1", "pareto")
 LATENCY_IDENTITY = ("latency_threads", "latency_models")
 
 
@@ -73,7 +75,9 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"search needs a trained .pt checkpoint, got {cfg.weights}")
     if not Path(cfg.data).is_file():
         raise UserError(f"data file not found: {cfg.data} (give a dataset YAML or a COCO annotation JSON)")
-    if cfg.target_flops is None and cfg.max_latency_ms is None and cfg.min_speedup is None:
+    if cfg.pareto is not None:
+        check_front(cfg)
+    elif cfg.target_flops is None and cfg.max_latency_ms is None and cfg.min_speedup is None:
         raise UserError("give --target-flops, --max-latency-ms, --min-speedup or a combination")
     if cfg.target_flops is not None and not 0.0 < cfg.target_flops < 1.0:
         raise UserError(f"--target-flops {cfg.target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
@@ -106,3 +110,18 @@ def check_config(cfg: SearchConfig) -> None:
     check_l1(cfg.l1)
     if cfg.criterion not in CRITERION_CHOICES:
         raise UserError(f"unknown criterion '{cfg.criterion}' (choose from {', '.join(CRITERION_CHOICES)})")
+
+
+def check_front(cfg: SearchConfig) -> None:
+    """A front search (--pareto) is one-shot and has its own acquisition; its budgets only bound the front."""
+    if cfg.pareto not in FRONTS:
+        raise UserError(f"unknown front '{cfg.pareto}' (choose from {', '.join(FRONTS)})")
+    clashes = [flag for flag, on in (("--stages", cfg.stages is not None), ("--sparsify-epochs", cfg.sparsify_epochs),
+                                     ("--finetune-epochs", cfg.finetune_epochs), ("--distill", cfg.distill_from),
+                                     ("--strategy", cfg.strategy != "hdbo"), ("--score", cfg.score != DEFAULT_SCORE))
+               if on]
+    if clashes:
+        raise UserError(f"--pareto cannot go with {', '.join(clashes)}: it searches the front in one stage with its "
+                        f"own acquisition (EHVI) on mAP; prune and fine-tune a point of it with `yoloprune pick`")
+    if cfg.trials < 8:
+        raise UserError(f"--pareto needs --trials >= 8 (a front from fewer points says little), got {cfg.trials}")

@@ -26,9 +26,10 @@ from yoloprune.search.budget import Budget
 from yoloprune.search.config import IDENTITY, LATENCY_IDENTITY, SearchConfig, check_config
 from yoloprune.search.criteria import AUTO, choose_criteria
 from yoloprune.search.executors import CandidateScorer, LocalPool, RayPool, ScorerSpec
-from yoloprune.search.report import classify_regime, plot_run, unpruned_map
+from yoloprune.search.pareto import ParetoHDBO, front_of, front_summary
+from yoloprune.search.report import classify_regime, plot_front, plot_run, unpruned_map, write_front_report
 from yoloprune.search.store import RunStore, run_dir_for
-from yoloprune.search.strategies import SCAN_PHASE, STRATEGY_CLASSES, make_strategy, on_budget
+from yoloprune.search.strategies import SCAN_PHASE, STRATEGY_CLASSES, SearchContext, make_strategy, on_budget
 from yoloprune.structure.groups import analyse
 from yoloprune.structure.importance import effective_criterion, unit_scores
 from yoloprune.structure.pruner import prune_by_rates
@@ -52,10 +53,11 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     if not str(cfg.data).endswith(".json"):
         check_classes(loaded.model.names, cfg.data)  # before anything is written
     sha = file_sha256(cfg.weights)
-    total = STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials, len(space.groups))
+    total = cfg.trials if cfg.pareto else STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials, len(space.groups))
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
     meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names}
-    timed = cfg.max_latency_ms is not None or cfg.min_speedup is not None
+    bounded = cfg.max_latency_ms is not None or cfg.min_speedup is not None
+    timed = bounded or cfg.pareto == "latency"
     old = store.check_identity(meta, IDENTITY + (LATENCY_IDENTITY if timed else ())) if cfg.resume else {}
     if cfg.target_flops is not None:
         Budget(space, cfg.target_flops)  # an impossible FLOPs budget fails before minutes of latency fitting
@@ -65,11 +67,11 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         else None
     try:
         if timed:
-            limit = latency_limit(cfg, timer.unpruned_ms, log)
+            limit = latency_limit(cfg, timer.unpruned_ms, log) if bounded else None
             latency = (LatencyModel.load(store.path("latency_model.json")) if cfg.resume and
                        store.has("latency_model.json") else latency_model(timer, sha, cfg.latency_models, log=log))
             meta["unpruned_latency_ms"] = timer.unpruned_ms
-        budget = Budget(space, cfg.target_flops, latency=latency, max_latency_ms=limit)
+        budget = Budget(space, cfg.target_flops, latency=latency, max_latency_ms=limit, front=cfg.pareto)
         store.write_json("meta.json", meta)
         if latency:
             store.write_json("latency_model.json", asdict(latency))
@@ -100,7 +102,9 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
                                recalibrate=cfg.recalibrate, score=cfg.score, reference=loaded.model,
                                slice_seed=cfg.slice_seed, device=resolve_device(cfg.device))
     cfg = replace(cfg, criterion=_criterion(cfg, loaded, space, evaluator, store, log))
-    strategy = make_strategy(cfg.strategy, space, budget, unit_scores(space, cfg.criterion), cfg.seed, cfg.trials)
+    scores = unit_scores(space, cfg.criterion)
+    strategy = ParetoHDBO(SearchContext(space, budget, scores, cfg.seed, cfg.trials)) if cfg.pareto else \
+        make_strategy(cfg.strategy, space, budget, scores, cfg.seed, cfg.trials)
     regime = None
     trials = store.trials()
     fit = budget.latency
@@ -127,10 +131,8 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
                      "flops_ratio": float(budget.ratio(rates[None])[0]),
                      "latency_ms_est": float(budget.latency.predict(space, rates[None])[0]) if timer else None,
                      **result, "propose_seconds": propose_s}
-            results = on_budget(trials)
-            if timer and phase != SCAN_PHASE and (_measured(trials) < LOCAL_POINTS or not results
-                                                  or trial["score"] > max(x["score"] for x in results)):
-                # the first trials, then every new incumbent: the points that matter, all on the budget's boundary
+            if timer and phase != SCAN_PHASE and (_measured(trials) < LOCAL_POINTS or _leads(trial, trials, cfg)):
+                # the first trials, then every new incumbent (front point): the points that matter
                 trial["latency_ms_measured"] = timer.measure(rates)
                 _calibrate(budget, fit, space, trials + [trial], log)
             store.append_trial(trial)
@@ -164,6 +166,15 @@ def _criterion(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, stor
     return choice
 
 
+def _leads(trial: dict, trials: list[dict], cfg: SearchConfig) -> bool:
+    """Whether a new trial is the best result so far (for a front search: a point of the front)."""
+    if cfg.pareto:
+        cost = "flops_ratio" if cfg.pareto == "flops" else "latency_ms_est"
+        return any(t is trial for t in front_of(trials + [trial], cost))
+    results = on_budget(trials)
+    return not results or trial["score"] > max(x["score"] for x in results)
+
+
 def _measured(trials: list[dict]) -> int:
     return sum(x.get("latency_ms_measured") is not None for x in trials)
 
@@ -176,8 +187,9 @@ def _calibrate(budget: Budget, base: LatencyModel, space, trials: list[dict], lo
     rates = np.array([space.rates_vector(x["rates"]) for x in measured])
     budget.latency = calibrated(base, space, rates, np.array([x["latency_ms_measured"] for x in measured]))
     if log:
-        log(f"latency: trial {measured[-1]['trial']} measured {measured[-1]['latency_ms_measured']:.2f} ms; estimate "
-            f"now x{budget.latency.scale:.3f} of the fit, margin {budget.latency.margin:.1%} ({len(measured)} measured)")
+        last = measured[-1]
+        log(f"latency: trial {last['trial']} measured {last['latency_ms_measured']:.2f} ms; estimate now "
+            f"x{budget.latency.scale:.3f} of the fit, margin {budget.latency.margin:.1%} ({len(measured)} measured)")
 
 
 def _pool(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, total: int, log):
@@ -192,6 +204,8 @@ def _pool(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, total: in
 def _finish(cfg, loaded, space, evaluator, trials, store: RunStore, search_seconds: float, regime: dict,
             budget: Budget, timer: PairedTimer | None, log=None, fresh: int = 0, workers: int = 1) -> dict:
     """Re-check, save and summarise the best trial; `fresh` trials ran in this invocation, in `search_seconds`."""
+    if cfg.pareto:
+        return _finish_front(cfg, space, trials, store, search_seconds, regime, budget, timer, fresh, workers)
     results = on_budget(trials)
     best, measured_ms = max(results, key=lambda x: x["score"]), None
     latency = budget.latency
@@ -229,6 +243,26 @@ def _finish(cfg, loaded, space, evaluator, trials, store: RunStore, search_secon
         summary.update(_finetune_best(cfg, out, evaluator, store.dir))
     store.write_json("summary.json", summary)
     plot_run(results, best, space.names, store.dir, cfg.score)
+    return summary
+
+
+def _finish_front(cfg, space, trials, store: RunStore, search_seconds: float, regime: dict, budget: Budget,
+                  timer: PairedTimer | None, fresh: int, workers: int) -> dict:
+    """front.json (every non-dominated trial, its cost by the final latency estimate), its plot and report."""
+    front = front_summary(trials, budget, space)
+    store.write_json("front.json", front)
+    summary = {"run_dir": str(store.dir), "strategy": ParetoHDBO.name, "pareto": cfg.pareto, "criterion":
+               cfg.criterion, "target_flops": cfg.target_flops, "max_latency_ms": budget.max_latency_ms,
+               "trials": len(trials), "slice_seed": cfg.slice_seed, "score": cfg.score, **regime,
+               "front_points": len(front["points"]), "hypervolume": front["hypervolume"],
+               "reference": front["reference"], "search_seconds": search_seconds,
+               "unpruned_latency_ms": timer.unpruned_ms if timer else None,
+               "latency_threads": cfg.latency_threads if timer else None, "workers": workers,
+               "trials_per_hour": fresh / search_seconds * 3600 if fresh else None,
+               "mean_trial_eval_seconds": float(np.mean([t["eval_seconds"] for t in trials]))}
+    store.write_json("summary.json", summary)
+    plot_front(front, store.dir)
+    write_front_report(front, summary, store.dir)
     return summary
 
 

@@ -71,3 +71,50 @@ def plot_run(trials: list[dict], best: dict, names: list[str], run_dir: Path, sc
     fig.tight_layout()
     fig.savefig(run_dir / "best_rates.png", dpi=110)
     plt.close(fig)
+
+
+def plot_front(front: dict, run_dir: Path) -> None:
+    """front.png: the front's mAP against its cost, the uniform-rate trials beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    pts = front["points"]
+    ax.plot([p["cost"] for p in pts], [p["score"] for p in pts], "o-", drawstyle="steps-post", ms=4, label="front")
+    if front["uniform"]:
+        ax.plot([u["cost"] for u in front["uniform"]], [u["score"] for u in front["uniform"]], "s--", ms=4,
+                label="uniform rates")
+    ax.set(xlabel=front["cost_unit"], ylabel="mAP50-95 (search slice)",
+           title=f"front: {len(pts)} points, hypervolume {front['hypervolume']:.4f}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "front.png", dpi=110)
+    plt.close(fig)
+
+
+def write_front_report(front: dict, summary: dict, run_dir: Path) -> None:
+    """report.html: the front plot inline and one table row per front point (what `yoloprune pick` chooses from)."""
+    import base64
+    import html
+
+    from yoloprune.atomic import write_text_atomic
+
+    image = base64.b64encode((run_dir / "front.png").read_bytes()).decode()
+    rows = "".join(
+        f"<tr><td>{p['trial']}</td><td>{p['flops_ratio']:.3f}</td>"
+        f"<td>{'' if p['latency_ms_est'] is None else round(p['latency_ms_est'], 2)}</td>"
+        f"<td>{p['map50_95']:.4f}</td><td>{p['map50']:.4f}</td><td>{html.escape(p['phase'])}</td></tr>"
+        for p in front["points"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>yoloprune front</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}</style>
+</head><body><h1>mAP against {html.escape(front['cost_unit'])}</h1>
+<p>{summary['trials']} trials, run folder <code>{html.escape(summary['run_dir'])}</code>; {len(front['points'])} points
+on the front, hypervolume {front['hypervolume']:.4f} (reference: cost {front['reference']['cost']:.4g}, mAP 0).
+Scores are on the search slice after BN recalibration, without fine-tuning. Take one with
+<code>yoloprune pick --run {html.escape(summary['run_dir'])} --target-flops F --out model.pt</code>.</p>
+<img src="data:image/png;base64,{image}" alt="front">
+<table><tr><th>trial</th><th>FLOPs kept</th><th>latency est. (ms)</th><th>mAP50-95</th><th>mAP50</th>
+<th>phase</th></tr>{rows}</table></body></html>"""
+    write_text_atomic(run_dir / "report.html", page)

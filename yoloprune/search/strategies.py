@@ -65,11 +65,16 @@ class SearchContext:
 
 def initial_design(ctx: SearchContext) -> np.ndarray:
     """Uniform point, importance-guided point, then scrambled Sobol points; all projected."""
+    return ctx.budget.project(raw_design(ctx))
+
+
+def raw_design(ctx: SearchContext) -> np.ndarray:
+    """The initial design's n_init points before projection."""
     g = len(ctx.space.groups)
     guided = _guided_point(ctx)
     sobol = torch.quasirandom.SobolEngine(g, scramble=True, seed=ctx.seed).draw(max(ctx.n_init - 2, 0))
     raw = np.vstack([np.zeros((1, g)), guided[None], sobol.double().numpy() * ctx.budget.max_rate])
-    return ctx.budget.project(raw[: ctx.n_init])
+    return raw[: ctx.n_init]
 
 
 def _guided_point(ctx: SearchContext) -> np.ndarray:

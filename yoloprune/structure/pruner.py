@@ -18,8 +18,14 @@ import torch.nn as nn
 
 from yoloprune.errors import UserError
 from yoloprune.structure.graph import FIXED
-from yoloprune.structure.importance import (CRITERIA, DEFAULT_CRITERION, Criterion, effective_criterion, unit_scores,
-                                            unknown_criterion)
+from yoloprune.structure.importance import (
+    CRITERIA,
+    DEFAULT_CRITERION,
+    Criterion,
+    effective_criterion,
+    unit_scores,
+    unknown_criterion,
+)
 from yoloprune.structure.space import PruneSpace
 
 

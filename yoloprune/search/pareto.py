@@ -1,0 +1,205 @@
+"""One search for the whole accuracy-cost front (`search --pareto flops|latency`).
+
+The cost (FLOPs kept, or the latency model's estimate) is an exact function of the rates, so only
+mAP is modelled, by a BoTorch GP as in hdbo. For a deterministic cost the expected hypervolume
+improvement of a candidate at cost c has a closed form. The current front is a staircase h(z) (the
+best mAP at cost <= z, at least the reference mAP); the candidate adds the integral over z in
+[c, ref] of (Y - h(z))+, so EHVI = sum over the staircase's steps k of width_k x EI(best_f = h_k),
+computed with BoTorch's analytic LogEI, one call per step, summed in log space. Candidates are
+projected, each onto a cost level of its own (budget.py), so every trial lands on a chosen point of
+the cost axis.
+
+The initial design is uniform rates at evenly spread levels (the uniform-rate curve the front is
+plotted against), then importance-guided and Sobol points at other levels. The GP models the gain
+over that uniform curve at the same cost, with the cost as one more input: where nothing was tried
+it expects what uniform rates give, so the search does not chase the collapsed end of the range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from yoloprune.search.strategies import HDBO, N_CANDIDATES, SearchContext, raw_design
+
+UNIFORM_PHASE = "uniform"
+LOCAL_SPREAD = 0.1  # a local candidate's level: its front point's cost +- this share of the cost range
+# the acquisition's reference mAP, as a share of the best score so far: a point keeping less than this is no model
+# to ship, so the collapsed end of the cost axis earns no hypervolume (front.json's hypervolume counts from 0)
+REF_SHARE = 0.1
+
+
+def non_dominated(costs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats (lower or equal cost and higher value, or equal value and lower
+    cost), by increasing cost; of exact duplicates the first is kept."""
+    order = np.lexsort((-values, costs))  # by cost, then best value first
+    front, best = [], -np.inf
+    for i in order:
+        if values[i] > best:
+            front.append(int(i))
+            best = values[i]
+    return np.array(front, int)
+
+
+def steps(front_costs: np.ndarray, front_values: np.ndarray, ref_cost: float,
+          ref_value: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The staircase of a front (sorted by cost, values increasing) above the reference point: breakpoints (K+1,)
+    from -inf to ref_cost and the value to beat on each of the K intervals (ref_value before the first point)."""
+    inside = front_costs < ref_cost
+    edges = np.concatenate([[-np.inf], front_costs[inside], [ref_cost]])
+    levels = np.maximum(np.concatenate([[ref_value], front_values[inside]]), ref_value)
+    return edges, levels
+
+
+def hypervolume(costs: np.ndarray, values: np.ndarray, ref_cost: float, ref_value: float = 0.0) -> float:
+    """Area dominated by the points between (ref_cost, ref_value) and the front (lower cost, higher value)."""
+    idx = non_dominated(costs, values)
+    c, v = costs[idx], np.maximum(values[idx] - ref_value, 0.0)
+    keep = c < ref_cost
+    c, v = c[keep], v[keep]
+    widths = np.diff(np.concatenate([c, [ref_cost]]))
+    return float(np.sum(widths * v))
+
+
+def segment_widths(costs: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(N, K): how much of each staircase interval [edges[k], edges[k+1]) lies at or above each cost."""
+    lo = np.maximum(edges[None, :-1], costs[:, None])
+    return np.maximum(edges[None, 1:] - lo, 0.0)
+
+
+def log_ehvi(model, x: torch.Tensor, costs: np.ndarray, trend: np.ndarray, edges: np.ndarray,
+             levels: np.ndarray) -> torch.Tensor:
+    """log EHVI (N,) of candidates x (N, d) at known costs (N,), mAP = trend (N,) + the GP's residual: the
+    width-weighted analytic EI over the steps."""
+    from botorch.acquisition.analytic import LogExpectedImprovement
+
+    widths = torch.tensor(segment_widths(costs, edges), dtype=torch.double)
+    trend = torch.tensor(trend, dtype=torch.double)
+    terms = []
+    with torch.no_grad():
+        for k, level in enumerate(levels):
+            log_ei = LogExpectedImprovement(model, best_f=(level - trend)[:, None])(x[:, None, :])  # per candidate
+            terms.append(log_ei + widths[:, k].clamp_min(1e-300).log())
+    return torch.logsumexp(torch.stack(terms, 1), 1)
+
+
+def uniform_count(ctx: SearchContext) -> int:
+    """How many of the initial design's points are uniform rates (at evenly spread levels)."""
+    return max(2, ctx.n_init // 2)
+
+
+class ParetoHDBO(HDBO):
+    """The front search: hdbo's GP and candidates, each projected onto a level of the cost range, chosen by EHVI."""
+
+    name = "pareto"
+
+    def __init__(self, ctx: SearchContext) -> None:
+        super().__init__(ctx)
+        self._uniform = {tuple(np.round(p, 6)) for p in self.init[:uniform_count(ctx)]}
+
+    @staticmethod
+    def design(ctx: SearchContext) -> np.ndarray:
+        lo, hi = ctx.budget.cost_range()
+        n_uniform = uniform_count(ctx)
+        levels = lo + (hi - lo) * (np.arange(n_uniform) + 0.5) / n_uniform
+        uniform = ctx.budget.project(np.zeros((n_uniform, len(ctx.space.groups))), levels=levels)
+        others = raw_design(ctx)[1: 1 + ctx.n_init - n_uniform]  # the guided point, then Sobol points
+        sobol = torch.quasirandom.SobolEngine(1, scramble=True, seed=ctx.seed + 1).draw(len(others)).numpy()[:, 0]
+        return np.vstack([uniform, ctx.budget.project(others, levels=lo + (hi - lo) * sobol)])
+
+    def features(self, rates: np.ndarray) -> np.ndarray:
+        """hdbo's inputs plus the cost scaled to the range: one input that explains most of mAP's trend, so the GP
+        learns early where on the cost axis the model collapses."""
+        lo, hi = self.ctx.budget.cost_range()
+        cost = (self.ctx.budget.cost(rates) - lo) / max(hi - lo, 1e-12)
+        return np.hstack([super().features(rates), np.clip(cost, 0.0, 1.0)[:, None]])
+
+    def propose(self, rates: np.ndarray, scores: np.ndarray, t: int,
+                pending: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        if t < len(self.init):
+            return self.init[t], UNIFORM_PHASE if t < uniform_count(self.ctx) else "init"
+        return self.next(rates, scores, t, pending), self.name
+
+    def acquire(self, rates: np.ndarray, scores: np.ndarray, trial: int, pending: np.ndarray | None) -> np.ndarray:
+        budget = self.ctx.budget
+        rng = np.random.default_rng([self.ctx.seed, trial])
+        lo, hi = budget.cost_range()
+        costs, values = budget.cost(rates), np.asarray(scores, float)
+        trend = self.uniform_curve(costs, values, rates)
+        residual = torch.tensor(values - trend(costs), dtype=torch.double)[:, None]
+        model = self._seeded_fit(torch.tensor(self.features(rates), dtype=torch.double), residual, trial, None)
+        if pending is not None and len(pending):  # believe the pending points at their posterior means
+            with torch.no_grad():
+                mean = model.posterior(torch.tensor(self.features(pending), dtype=torch.double)).mean[:, 0].numpy()
+            pending_costs = budget.cost(pending)
+            costs = np.concatenate([costs, pending_costs])
+            values = np.concatenate([values, trend(pending_costs) + mean])
+        front = non_dominated(costs, values)
+        raw, levels = self.front_candidates(rates, scores, costs, front, lo, hi, rng)
+        cand = np.unique(np.round(budget.project(raw, levels=levels), 6), axis=0)
+        busy = rates if pending is None or not len(pending) else np.vstack([rates, pending])
+        seen = {tuple(np.round(r, 6)) for r in busy}
+        fresh = np.array([c for c in cand if tuple(c) not in seen])
+        cand = fresh if len(fresh) else cand
+        edges, steps_ = steps(costs[front], values[front], hi, REF_SHARE * float(values.max()))
+        cand_costs = budget.cost(cand)
+        gain = log_ehvi(model, torch.tensor(self.features(cand), dtype=torch.double), cand_costs, trend(cand_costs),
+                        edges, steps_)
+        return cand[int(gain.argmax())]
+
+    def uniform_curve(self, costs: np.ndarray, scores: np.ndarray, rates: np.ndarray):
+        """mAP of uniform rates as a function of cost, from the initial design's uniform trials (made monotone, flat
+        beyond them): the GP models the gain over it, so where nothing was tried it expects what uniform rates
+        give there, not the average of all trials."""
+        uniform = np.array([tuple(np.round(r, 6)) in self._uniform for r in rates], bool)
+        if not uniform.any():  # parallel workers: no uniform point back yet
+            return lambda c: np.zeros(len(np.atleast_1d(c)))
+        order = np.argsort(costs[uniform])
+        xs, ys = costs[uniform][order], np.maximum.accumulate(scores[uniform][order])
+        return lambda c: np.interp(c, xs, ys)
+
+    def front_candidates(self, rates: np.ndarray, scores: np.ndarray, costs: np.ndarray, front: np.ndarray,
+                         lo: float, hi: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Raw rates and their levels: half sparse perturbations of front points near their own cost, half points
+        of the box at levels spread over the range (`costs` and `front` may count pending points after `rates`)."""
+        g, m, half = rates.shape[1], self.ctx.budget.max_rate, N_CANDIDATES // 2
+        own = front[front < len(rates)]  # a pending point has no result yet: perturb finished ones
+        own = own if len(own) else np.array([int(np.argmax(scores))])
+        pick = rng.integers(0, len(own), half)
+        mask = rng.random((half, g)) < min(1.0, 20.0 / g)
+        mask[np.arange(half), rng.integers(0, g, half)] = True
+        local = np.clip(rates[own[pick]] + mask * rng.uniform(-0.2, 0.2, (half, g)) * m, 0.0, m)
+        local_levels = np.clip(costs[own[pick]] + rng.normal(0.0, LOCAL_SPREAD * (hi - lo), half), lo, hi)
+        box = rng.random((half, g)) * m
+        return np.vstack([local, box]), np.concatenate([local_levels, lo + (hi - lo) * rng.random(half)])
+
+
+def front_of(trials: list[dict], cost_key: str) -> list[dict]:
+    """The non-dominated trials by (cost_key, score), by increasing cost."""
+    costs = np.array([t[cost_key] for t in trials], float)
+    return [trials[i] for i in non_dominated(costs, np.array([t["score"] for t in trials], float))]
+
+
+def front_summary(trials: list[dict], budget, space) -> dict:
+    """front.json: the non-dominated trials with their rates, mAP and costs (latency by the final estimate), the
+    uniform-rate trials beside them, and the hypervolume up to the range's upper end."""
+    rates = np.array([space.rates_vector(t["rates"]) for t in trials])
+    costs, scores = budget.cost(rates), np.array([t["score"] for t in trials], float)
+    latency = budget.latency.predict(space, rates) if budget.latency else [None] * len(trials)
+    ref = budget.cost_range()[1]
+
+    def point(i: int) -> dict:
+        t = trials[i]
+        return {"trial": t["trial"], "phase": t["phase"], "cost": float(costs[i]), "score": t["score"],
+                "map50_95": t["map50_95"], "map50": t["map50"], "flops_ratio": t["flops_ratio"],
+                "latency_ms_est": None if latency[i] is None else float(latency[i]),
+                "latency_ms_measured": t.get("latency_ms_measured"), "rates": t["rates"]}
+
+    uniform = sorted((i for i, t in enumerate(trials) if t["phase"] == UNIFORM_PHASE), key=lambda i: costs[i])
+    return {"front": budget.front,
+            "cost_unit": "fraction of FLOPs kept" if budget.front == "flops" else
+            f"ms, ONNX Runtime at {budget.latency.threads} thread(s), estimated",
+            "reference": {"cost": ref, "score": 0.0}, "hypervolume": hypervolume(costs, scores, ref),
+            "points": [point(i) for i in non_dominated(costs, scores)],
+            "uniform": [{"trial": trials[i]["trial"], "cost": float(costs[i]), "score": trials[i]["score"]}
+                        for i in uniform]}
