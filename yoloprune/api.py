@@ -9,6 +9,8 @@ The CLI, the demo and notebooks use this module; the pipeline's own modules neve
     api.save_pruned(result, loaded, "pruned.pt")
     api.evaluate("pruned.pt", "coco.yaml", val_images=200, recalibrate=True)
     summary = api.search("yolov8n.pt", "coco.yaml", target_flops=0.5, trials=60)
+    front = api.search("yolov8n.pt", "coco.yaml", pareto="flops", trials=60)   # the whole front, then:
+    api.pick(front["run_dir"], "pruned.pt", target_flops=0.4)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from yoloprune.structure.pruner import PruneResult, check_rates, param_count, pr
 from yoloprune.structure.space import PruneSpace
 
 __all__ = ["LoadedModel", "PruneResult", "PruneSpace", "load", "analyse", "read_rates", "check_rates", "prune",
-           "uniform_rates", "save_pruned", "evaluate", "search", "finetune", "sparsify", "bench", "param_count",
+           "uniform_rates", "save_pruned", "evaluate", "search", "pick", "finetune", "sparsify", "bench", "param_count",
            "group_table", "prunable_flops_share"]
 
 
@@ -120,6 +122,15 @@ def search(weights: str | Path, data: str | Path, target_flops: float | None = N
     cfg = SearchConfig(str(weights), str(data), target_flops, **options)
     run = run_staged if cfg.stages is not None else run_recipe if cfg.sparsify_epochs else run_search
     return run(cfg, on_trial, log)
+
+
+def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None,
+         max_latency_ms: float | None = None, min_speedup: float | None = None, **options) -> dict:
+    """The best point of a front search (`search(..., pareto="flops")`) within one limit, pruned, re-checked and
+    saved to `out`; `options`: finetune_epochs, latency_threads, device, log."""
+    from yoloprune.search.pick import pick as run_pick
+
+    return run_pick(run_dir, out, target_flops, max_latency_ms, min_speedup, **options)
 
 
 def finetune(weights: str | Path, data: str | Path, epochs: int = 10, distill: str | Path | None = None,

@@ -15,7 +15,7 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("YOLO_VERBOSE", "false")
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
 
-COMMANDS = ("layers", "prune", "evaluate", "search", "sparsify", "bench", "finetune", "demo")
+COMMANDS = ("layers", "prune", "evaluate", "search", "pick", "sparsify", "bench", "finetune", "demo")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,0 +1,150 @@
+"""The front search (`search --pareto`) and `pick`: front maths, EHVI, level projection, end to end with resume."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel
+
+from yoloprune.errors import UserError
+from yoloprune.search.budget import Budget
+from yoloprune.search.pareto import hypervolume, log_ehvi, non_dominated, steps
+from yoloprune.search.pick import fastest_within
+from yoloprune.structure.groups import analyse
+
+
+@pytest.fixture(scope="module")
+def space():
+    return analyse(DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval(), imgsz=96)
+
+
+def test_front_is_the_non_dominated_set_and_its_hypervolume_the_dominated_area():
+    rng = np.random.default_rng(0)
+    costs, values = rng.random(60), rng.random(60)
+    front = non_dominated(costs, values)
+    beaten = [any(costs[j] <= costs[i] and values[j] >= values[i] and (costs[j], values[j]) != (costs[i], values[i])
+                  for j in range(60)) for i in range(60)]
+    assert sorted(front) == [i for i in range(60) if not beaten[i]]
+    assert list(costs[front]) == sorted(costs[front]) and list(values[front]) == sorted(values[front])
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, 400), np.linspace(0, 1, 400)), -1).reshape(-1, 2)
+    covered = ((grid[:, None, 0] >= costs[None]) & (grid[:, None, 1] <= values[None])).any(1)
+    assert hypervolume(costs, values, ref_cost=1.0) == pytest.approx(covered.mean(), abs=0.01)
+
+
+def test_ehvi_equals_the_expected_hypervolume_gain_of_a_sampled_point():
+    from botorch.models import SingleTaskGP
+
+    torch.manual_seed(0)
+    x = torch.rand(12, 3, dtype=torch.double)
+    model = SingleTaskGP(x, (x.sum(1, keepdim=True) / 3).pow(2)).eval()
+    costs, values = np.array([0.2, 0.5, 0.8]), np.array([0.05, 0.2, 0.5])
+    cand, cand_costs, trend = torch.rand(5, 3, dtype=torch.double), np.array([0.1, 0.3, 0.55, 0.7, 0.95]), 0.02
+    edges, levels = steps(costs, values, ref_cost=1.0, ref_value=0.1)
+    ehvi = log_ehvi(model, cand, cand_costs, np.full(5, trend), edges, levels).exp().numpy()
+    with torch.no_grad():
+        post = model.posterior(cand)
+        samples = trend + (post.mean[:, 0] + post.variance[:, 0].sqrt() * torch.randn(40000, 5)).numpy()
+    base = hypervolume(costs, values, 1.0, ref_value=0.1)
+    for i in range(5):
+        gains = [hypervolume(np.append(costs, cand_costs[i]), np.append(values, y), 1.0, 0.1) - base
+                 for y in samples[:4000, i]]
+        assert ehvi[i] == pytest.approx(np.mean(gains), rel=0.05, abs=2e-4)
+
+
+def test_projection_onto_levels_lands_each_row_just_under_its_own(space):
+    budget = Budget(space, None, front="flops")
+    lo, hi = budget.cost_range()
+    assert hi == pytest.approx(1.0) and 0 < lo < 0.3
+    levels = np.linspace(0.35, 0.9, 12)
+    rates = budget.project(np.random.default_rng(1).random((12, len(space.groups))) * 0.9, levels=levels)
+    got = budget.cost(rates)
+    assert np.all(got <= levels + 1e-9) and np.all(got > levels - 0.06)
+    with pytest.raises(UserError, match="give --target-flops"):
+        Budget(space, None)
+
+
+def test_pick_by_latency_bisects_the_front_and_names_the_fastest_when_nothing_fits():
+    points = [{"trial": i, "score": i / 10, "flops_ratio": 0.2 + i / 20} for i in range(10)]
+    measured = []
+
+    def ms(p):  # latency grows along the front
+        measured.append(p["trial"])
+        return 5.0 + p["trial"]
+
+    best, got = fastest_within(points, 10.5, ms)
+    assert best["trial"] == 5 and got == 10.0 and len(measured) <= 4
+    with pytest.raises(UserError, match=r"fastest measured, trial 0 .* 5.00 ms"):
+        fastest_within(points, 4.0, ms)
+
+
+def front_cmd(weights, data, project, *extra):
+    return [sys.executable, "-m", "yoloprune", "search", "--weights", str(weights), "--data", str(data), "--pareto",
+            "flops", "--trials", "9", "--val-images", "16", "--calib-images", "16", "--project", str(project), *extra]
+
+
+def pick_cmd(run, out, *extra):
+    return [sys.executable, "-m", "yoloprune", "pick", "--run", str(run), "--out", str(out), "--json", *extra]
+
+
+@pytest.mark.slow
+def test_front_search_resumes_identically_and_pick_saves_the_best_point_within_the_limit(tmp_path,
+                                                                                        default_problem):
+    weights, data = default_problem
+    cmd = front_cmd(weights, data.yaml_path, tmp_path, "--name", "f", "--json")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = tmp_path / "f" / "trials.jsonl"
+    trials = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [t["phase"] for t in trials[:2]] == ["uniform", "uniform"] and trials[-1]["phase"] == "pareto"
+    log.write_text("\n".join(log.read_text().splitlines()[:5]) + "\n")  # a run killed after 5 trials
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [t["trial"] for t in resumed] == list(range(9))
+    assert [t["rates"] for t in resumed] == [t["rates"] for t in trials], "a resumed front search proposes the same"
+    front = json.loads((tmp_path / "f" / "front.json").read_text())
+    points = front["points"]
+    assert [p["trial"] for p in points] == sorted((p["trial"] for p in points), key=lambda t: resumed[t]["flops_ratio"])
+    for p in points:  # nothing beats a front point
+        assert not any(t["flops_ratio"] <= p["flops_ratio"] and t["score"] > p["score"] for t in resumed)
+    assert len(front["uniform"]) == 2 and front["hypervolume"] > 0
+    for name in ("front.png", "report.html", "summary.json"):
+        assert (tmp_path / "f" / name).exists(), name
+
+    limit = float(np.median([p["flops_ratio"] for p in points]))
+    picked = subprocess.run(pick_cmd(tmp_path / "f", tmp_path / "m.pt", "--target-flops", str(limit)),
+                            capture_output=True, text=True, timeout=600)
+    assert picked.returncode == 0, picked.stderr[-2000:]
+    r = json.loads(picked.stdout)
+    best = max((p for p in points if p["flops_ratio"] <= limit), key=lambda p: p["score"])
+    assert r["trial"] == best["trial"] and r["flops_ratio"] == pytest.approx(best["flops_ratio"])
+    assert r["flops_ratio"] <= limit and r["final_check_map50_95"] > 0
+    YOLO(str(tmp_path / "m.pt"))  # a stock checkpoint
+
+    low = min(p["flops_ratio"] for p in points)
+    refused = subprocess.run(pick_cmd(tmp_path / "f", tmp_path / "x.pt", "--target-flops", f"{low / 2:.4f}"),
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "cheapest" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_front_bad_input_is_one_line_and_exit_2(tmp_path, tiny_weights, tiny_data):
+    run = tmp_path / "single"
+    run.mkdir()
+    (run / "meta.json").write_text("{}")
+    for cmd, message in [
+        (front_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--stages", "2"), "--pareto cannot go with --stages"),
+        (front_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--strategy", "random"), "--strategy"),
+        (front_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--finetune-epochs", "2"), "--finetune-epochs"),
+        (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "0.5"), "holds no front"),
+        (pick_cmd(tmp_path / "nothing", tmp_path / "m.pt", "--target-flops", "0.5"), "no search run"),
+        (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "0.5", "--min-speedup", "2"), "not allowed with"),
+    ]:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and message in out.stderr, (cmd, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not any(tmp_path.glob("exp*")) and not (tmp_path / "m.pt").exists()

@@ -1,0 +1,130 @@
+"""`yoloprune pick`: the best point of a front search within a limit, pruned by its recorded rates, recalibrated,
+re-checked on the final-check images and saved as a stock checkpoint (optionally fine-tuned).
+
+A FLOPs limit is read off front.json. A latency limit is measured, as the latency search does (ONNX
+Runtime, paired with the unpruned model): along the front, ordered by cost, a bisection measures
+about log2(points) models and returns the most accurate one that measured within the limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from yoloprune.checkpoint import file_sha256, load, save_pruned
+from yoloprune.devices import resolve_device
+from yoloprune.errors import UserError
+from yoloprune.evaluation.evaluator import TrialEvaluator
+from yoloprune.latency.model import PairedTimer
+from yoloprune.search.criteria import AUTO
+from yoloprune.search.store import RunStore
+from yoloprune.structure.groups import analyse
+from yoloprune.structure.pruner import prune_by_rates
+
+
+def check_limits(target_flops: float | None, max_latency_ms: float | None, min_speedup: float | None) -> None:
+    """Exactly one limit, in its range."""
+    given = [v for v in (target_flops, max_latency_ms, min_speedup) if v is not None]
+    if len(given) != 1:
+        raise UserError("give exactly one of --target-flops, --max-latency-ms, --min-speedup")
+    if target_flops is not None and not 0.0 < target_flops <= 1.0:
+        raise UserError(f"--target-flops {target_flops} must lie in (0, 1]: it is the fraction of FLOPs KEPT")
+    if max_latency_ms is not None and max_latency_ms <= 0:
+        raise UserError(f"--max-latency-ms {max_latency_ms} must be > 0")
+    if min_speedup is not None and min_speedup <= 1.0:
+        raise UserError(f"--min-speedup {min_speedup} must be > 1: the measured speedup over the unpruned model")
+
+
+def open_front(run_dir: str | Path) -> tuple[RunStore, dict, dict]:
+    """(store, meta, front) of a finished front search; refused with one line otherwise."""
+    store = RunStore(run_dir)
+    if not store.has("meta.json"):
+        raise UserError(f"no search run in {run_dir} (meta.json is missing)")
+    if not store.has("front.json"):
+        raise UserError(f"{run_dir} holds no front: pick takes a point of a `search --pareto flops|latency` run that "
+                        f"has finished (a single-budget search saves its model in pruned.pt)")
+    return store, store.read_json("meta.json"), store.read_json("front.json")
+
+
+def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None,
+         max_latency_ms: float | None = None, min_speedup: float | None = None, finetune_epochs: int = 0,
+         latency_threads: int | None = None, device: str | None = None,
+         log: Callable[[str], None] | None = None) -> dict:
+    """Prune, re-check and save the best front point of `run_dir` within the limit; returns what `--json` prints."""
+    check_limits(target_flops, max_latency_ms, min_speedup)
+    if finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise UserError(f"--out must name a .pt checkpoint, got {out}")
+    store, meta, front = open_front(run_dir)
+    weights = Path(meta["weights"])
+    if not weights.is_file() or file_sha256(weights) != meta["weights_sha256"]:
+        raise UserError(f"{weights}, the model {run_dir} searched, is missing or has changed since the search")
+    loaded = load(str(weights), meta["imgsz"])
+    space = analyse(loaded.model, loaded.imgsz, meta["round_to"])
+    points, measured_ms, unpruned_ms = front["points"], None, None
+    if target_flops is not None:
+        within = [p for p in points if p["flops_ratio"] <= target_flops]
+        if not within:
+            low = min(points, key=lambda p: p["flops_ratio"])
+            raise UserError(f"no front point keeps at most {target_flops:.1%} of the FLOPs: the cheapest, trial "
+                            f"{low['trial']}, keeps {low['flops_ratio']:.1%} (mAP50-95 {low['map50_95']:.4f})")
+        best = max(within, key=lambda p: p["score"])
+    else:
+        threads = latency_threads or meta["latency_threads"]
+        timer = PairedTimer(loaded, space, threads)
+        try:
+            unpruned_ms = timer.unpruned_ms
+            limit = min(max_latency_ms or float("inf"), unpruned_ms / min_speedup if min_speedup else float("inf"))
+            best, measured_ms = fastest_within(points, limit, lambda p: timer.measure(space.rates_vector(p["rates"])),
+                                               log)
+        finally:
+            timer.close()
+    criterion = store.read_json("criteria.json") if meta["criterion"] == AUTO else meta["criterion"]
+    result = prune_by_rates(loaded.model, space, best["rates"], criterion)
+    evaluator = TrialEvaluator(meta["data"], loaded.model.names, loaded.imgsz, meta["val_images"],
+                               meta["calib_images"], recalibrate=meta["recalibrate"], slice_seed=meta["slice_seed"],
+                               device=resolve_device(device))
+    final = evaluator.final_check(result.model.to(evaluator.device))  # recalibrates BN: the saved model keeps it
+    result.model.cpu()
+    saved = save_pruned(result.model, loaded, out, {**result.provenance(), "front": str(store.dir),
+                                                     "trial": best["trial"]})
+    payload = {"out": str(saved), "run_dir": str(store.dir), "trial": best["trial"], "rates": best["rates"],
+               "flops_ratio": result.flops_after / result.flops_before, "params": result.params_after,
+               "search_map50_95": best["map50_95"], "final_check_map50_95": final.map50_95,
+               "final_check_map50": final.map50, "final_check_images": final.images,
+               "measured_latency_ms": measured_ms, "unpruned_latency_ms": unpruned_ms,
+               "latency_threads": threads if measured_ms is not None else None}
+    if finetune_epochs:
+        from yoloprune.training.finetune import finetune
+
+        tuned = finetune(saved, meta["data"], finetune_epochs, device=device, project=str(out.parent),
+                         name=f"{out.stem}-finetune", exist_ok=True, workers=2)
+        after = evaluator.final_check(load(tuned).model.to(evaluator.device), recalibrate=False)
+        payload.update({"finetuned": str(tuned), "finetune_epochs": finetune_epochs,
+                        "finetuned_final_check_map50_95": after.map50_95})
+    return payload
+
+
+def fastest_within(points: list[dict], limit: float, measure: Callable[[dict], float],
+                   log: Callable[[str], None] | None = None) -> tuple[dict, float]:
+    """The front point (points by increasing cost and score) of highest score that MEASURES within `limit` ms, by
+    bisection on the assumption that latency grows along the front; only measured points are returned."""
+    lo, hi, found = 0, len(points) - 1, None
+    fastest: tuple[dict, float] | None = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        ms = measure(points[mid])
+        if log:
+            log(f"trial {points[mid]['trial']}: measured {ms:.2f} ms (limit {limit:.2f} ms)")
+        if ms <= limit:
+            found, lo = (points[mid], ms), mid + 1
+        else:
+            fastest = (points[mid], ms) if fastest is None or ms < fastest[1] else fastest
+            hi = mid - 1
+    if found is None:
+        point, ms = fastest
+        raise UserError(f"no front point measured within {limit:.2f} ms here: the fastest measured, trial "
+                        f"{point['trial']} ({point['flops_ratio']:.1%} of the FLOPs), took {ms:.2f} ms")
+    return found
