@@ -1,0 +1,131 @@
+"""One front search against one search per budget, at the same total number of trials (issue: Pareto front).
+
+On the default problem, per seed:
+  front     `search --pareto flops --trials N`, then `pick` at each budget (re-scored on 500 test images)
+  single    `search --target-flops B --trials N/3` at each of the budgets (its best, on the same 500 images)
+and, with --part latency, the same against --min-speedup searches (`pick --min-speedup S`, measured here).
+Both point sets are also compared by hypervolume on the search slice (reference: all FLOPs kept, mAP 0;
+for latency, the cost is each run's final latency estimate over the unpruned model's measured ms).
+
+One line per finished unit (part x arm x seed, or part x arm x budget x seed) in
+results/pareto_search.jsonl; rerun to continue (a search killed mid-way resumes), --table-only to print.
+
+    python benchmarks/pareto_search.py --seeds 0,1,2 [--part flops|latency] [--trials 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import common
+import numpy as np
+
+from yoloprune import api
+from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
+from yoloprune.errors import UserError
+from yoloprune.search.pareto import hypervolume
+
+RUNS = Path("benchmarks/runs/pareto_search")
+LIMITS = {"flops": (0.35, 0.5, 0.65), "latency": (1.3, 1.6, 2.0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", default="flops", choices=tuple(LIMITS))
+    parser.add_argument("--trials", type=int, default=60, help="the front's trials; each single search gets a third")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    log = common.UnitLog("pareto_search")
+    if not args.table_only:
+        data = str(default_dataset().yaml_path)
+        for seed in map(int, args.seeds.split(",")):
+            unit = f"{args.part}/front/T{args.trials}/s{seed}"
+            if unit not in log.done():
+                log.append(unit, run_front(args, data, seed, unit))
+                print(unit, "done", flush=True)
+            for limit in LIMITS[args.part]:
+                unit = f"{args.part}/single/{limit}/T{args.trials // 3}/s{seed}"
+                if unit not in log.done():
+                    log.append(unit, run_single(args, data, seed, limit, unit))
+                    print(unit, "done", flush=True)
+    print_table(log.done(), args.part, args.trials)
+
+
+def search(args, data: str, seed: int, unit: str, **budget) -> dict:
+    """api.search into the unit's run folder, resuming a run a killed session left."""
+    run = RUNS / unit.replace("/", "-")
+    return api.search(DEFAULT_WEIGHTS, data, seed=seed, val_images=args.val_images, project=str(run.parent),
+                      name=run.name, resume=(run / "meta.json").exists(), **budget)
+
+
+def run_front(args, data: str, seed: int, unit: str) -> dict:
+    summary = search(args, data, seed, unit, trials=args.trials, pareto=args.part)
+    run = Path(summary["run_dir"])
+    front = json.loads((run / "front.json").read_text())
+    picks = {}
+    for limit in LIMITS[args.part]:
+        kind = {"target_flops": limit} if args.part == "flops" else {"min_speedup": limit}
+        try:
+            r = api.pick(run, run / f"pick-{limit}.pt", **kind)
+            picks[str(limit)] = {k: r[k] for k in ("trial", "flops_ratio", "search_map50_95", "final_check_map50_95",
+                                                   "measured_latency_ms", "unpruned_latency_ms")}
+        except UserError as e:  # reported, not hidden: the front did not reach this limit
+            picks[str(limit)] = {"error": str(e)}
+    if args.part == "flops":
+        points = [{"cost": p["flops_ratio"], "score": p["score"]} for p in front["points"]]
+    else:
+        points = [{"cost": p["latency_ms_est"] / summary["unpruned_latency_ms"], "score": p["score"]}
+                  for p in front["points"]]
+    return {"part": args.part, "arm": "front", "seed": seed, "trials": summary["trials"], "picks": picks,
+            "points": points, "uniform": front["uniform"], "search_seconds": summary["search_seconds"]}
+
+
+def run_single(args, data: str, seed: int, limit: float, unit: str) -> dict:
+    kind = {"target_flops": limit} if args.part == "flops" else {"min_speedup": limit}
+    summary = search(args, data, seed, unit, trials=args.trials // 3, **kind)
+    trials = [json.loads(line) for line in (Path(summary["run_dir"]) / "trials.jsonl").read_text().splitlines()]
+    if args.part == "flops":
+        points = [{"cost": t["flops_ratio"], "score": t["score"]} for t in trials]
+    else:
+        points = [{"cost": t["latency_ms_est"] / summary["unpruned_latency_ms"], "score": t["score"]} for t in trials]
+    best = summary["best"]
+    return {"part": args.part, "arm": "single", "limit": limit, "seed": seed, "trials": summary["trials"],
+            "best": {"trial": best["trial"], "flops_ratio": best["flops_ratio"], "search_map50_95": best["map50_95"],
+                     "final_check_map50_95": best["final_check_map50_95"],
+                     "measured_latency_ms": summary["measured_latency_ms"]},
+            "points": points, "search_seconds": summary["search_seconds"]}
+
+
+def area(points: list[dict], ref: float) -> float:
+    return hypervolume(np.array([p["cost"] for p in points]), np.array([p["score"] for p in points]), ref)
+
+
+def print_table(rows: dict, part: str, trials: int) -> None:
+    fronts = {r["seed"]: r for r in rows.values() if r["part"] == part and r["arm"] == "front"
+              and r["trials"] == trials}
+    singles = [r for r in rows.values() if r["part"] == part and r["arm"] == "single" and r["trials"] == trials // 3]
+    print(f"{part}: front search x{trials} vs one search x{trials // 3} per limit; final check, 500 test images")
+    print(f"{'limit':>6} {'front pick':>18} {'single search':>18} {'seeds':>6}")
+
+    def stat(xs: list[float]) -> str:
+        return f"{np.mean(xs):.4f} +- {np.std(xs):.4f}" if xs else "-"
+
+    for limit in LIMITS[part]:
+        own = [r for r in singles if r["limit"] == limit and r["seed"] in fronts]
+        picked = [fronts[r["seed"]]["picks"][str(limit)].get("final_check_map50_95") for r in own]
+        print(f"{limit:>6} {stat([p for p in picked if p is not None]):>18} "
+              f"{stat([r['best']['final_check_map50_95'] for r in own]):>18} {len(own):>6}")
+    for seed, f in sorted(fronts.items()):
+        pooled = [p for r in singles if r["seed"] == seed for p in r["points"]]
+        if len({r["limit"] for r in singles if r["seed"] == seed}) == len(LIMITS[part]):
+            ref = 1.0
+            print(f"seed {seed}: hypervolume on the search slice, front {area(f['points'], ref):.4f} "
+                  f"({len(f['points'])} points), three single searches pooled {area(pooled, ref):.4f}")
+
+
+if __name__ == "__main__":
+    main()
