@@ -7,7 +7,8 @@ sparsify, recoveries and the fine-tune together, then is scored on 500 test imag
   uniform           uniform rates at the budget, fine-tuned E epochs
   hdbo              one-shot hdbo search (T trials), best candidate fine-tuned E epochs
   hdbo-auto         the same with --criterion auto (a pruning criterion per group)
-  hdbo-distill      the same, the fine-tune distilling from the unpruned model
+  hdbo-distill      the same, the fine-tune distilling from the unpruned model (Ultralytics' weight, dis 6)
+  hdbo-distill1     the same with the distillation loss weighted 1 (--distill-weight 1)
   sparsifyS         S epochs of network slimming, hdbo on the sparsified model, fine-tune E - S epochs
   sparsifyS-distill the same with a distilled fine-tune
   staged            --stages 2, each stage recovered E/2 epochs
@@ -32,8 +33,8 @@ from yoloprune import api
 from yoloprune.default.problem import default_dataset
 
 CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
-ROWS = ("reference", "uniform", "hdbo", "hdbo-auto", "hdbo-distill", "sparsify2", "sparsify2-distill", "sparsify4",
-        "staged")
+ROWS = ("reference", "uniform", "hdbo", "hdbo-auto", "hdbo-distill", "hdbo-distill1", "sparsify2", "sparsify2-distill",
+        "sparsify4", "staged")
 RUNS = Path("benchmarks/runs/final_accuracy")
 
 
@@ -77,11 +78,12 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
     if row == "reference":
         tuned = api.finetune(args.weights, data, args.epochs, project=str(run), name="finetune", workers=2)
         return {"weights": str(tuned), "flops_ratio": 1.0, "curve": val_curve(tuned)}
-    name = row.removesuffix("-distill")
+    name, distilled, weight = row.split("-distill")[0], "-distill" in row, row.partition("-distill")[2]
     sparsify = int(name.removeprefix("sparsify")) if name.startswith("sparsify") else 0
     options = {"trials": args.trials, "seed": seed, "project": str(run.parent), "name": run.name,
                "resume": (run / "meta.json").exists(),
-               "distill_from": args.weights if row.endswith("-distill") else None,
+               "distill_from": args.weights if distilled else None,
+               "distill_weight": float(weight) if weight else None,
                "strategy": "uniform" if name == "uniform" else "hdbo",
                "criterion": "auto" if name == "hdbo-auto" else "bn"}
     if name == "staged":

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune import api
@@ -50,8 +51,9 @@ def test_finetune_distils_from_the_unpruned_model(tmp_path, pruned_tiny, tiny_da
     from yoloprune.training.finetune import finetune
 
     teacher = pruned_tiny.with_name("base.pt")
-    best = finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=teacher, project=str(tmp_path), name="kd",
-                    workers=0, batch=8)
+    best = finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=teacher, distill_weight=2.0, project=str(tmp_path),
+                    name="kd", workers=0, batch=8)
+    assert yaml.safe_load((tmp_path / "kd" / "args.yaml").read_text())["dis"] == 2.0  # --distill-weight reached it
     rows = list(csv.DictReader(open(tmp_path / "kd" / "results.csv")))
     dis = [float(v) for k, v in rows[-1].items() if "dis_loss" in k and k.strip().startswith("train")]
     assert dis and dis[0] > 0  # the feature loss against the teacher was trained on
@@ -68,6 +70,10 @@ def test_finetune_refuses_a_bad_teacher(tmp_path, pruned_tiny, tiny_data):
     save_checkpoint(DetectionModel("yolov8n.yaml", nc=3, verbose=False), other, {"imgsz": 96}, {})
     with pytest.raises(UserError, match="classes"):
         finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=other, project=str(tmp_path))
+    with pytest.raises(UserError, match="add --distill"):
+        finetune(pruned_tiny, tiny_data.yaml_path, 1, distill_weight=1.0, project=str(tmp_path))
+    with pytest.raises(UserError, match="> 0"):
+        finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=pruned_tiny, distill_weight=0.0, project=str(tmp_path))
     assert not list(tmp_path.rglob("results.csv"))
 
 

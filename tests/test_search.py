@@ -111,6 +111,8 @@ def test_resume_refuses_a_different_budget(tmp_path, tiny_weights, tiny_data):
     (["--strategy", "hdbo-warm", "--trials", "7"], "--trials >= 8"),
     (["--criterion", "magic"], "--criterion"),
     (["--distill"], "--finetune-epochs"),
+    (["--distill-weight", "1"], "add --distill"),
+    (["--finetune-epochs", "1", "--distill", "--distill-weight", "-1"], "> 0"),
 ])
 def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):
     cmd = search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs")

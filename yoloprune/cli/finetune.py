@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--fraction", type=float, default=1.0, help="share of the train split to use")
     p.add_argument("--distill", default=None, metavar="TEACHER.pt",
                    help="distil from this checkpoint, the model it was pruned from (Ultralytics' DistillationModel)")
+    p.add_argument("--distill-weight", type=float, default=None,
+                   help="weight of the distillation feature loss (default: Ultralytics' dis, 6.0)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--project", default="runs/finetune")
@@ -33,7 +35,8 @@ def run(args) -> None:
     from yoloprune.training.finetune import finetune
 
     before = api.load(args.weights)
-    best = finetune(args.weights, args.data, args.epochs, distill=args.distill, imgsz=args.imgsz, batch=args.batch,
+    best = finetune(args.weights, args.data, args.epochs, distill=args.distill, distill_weight=args.distill_weight,
+                    imgsz=args.imgsz, batch=args.batch,
                     lr0=args.lr0, warmup_epochs=args.warmup_epochs, workers=args.workers, project=args.project,
                     name=args.name, fraction=args.fraction, resume=args.resume or None, verbose=not args.json,
                     device=args.device)

@@ -61,6 +61,8 @@ def add_parser(sub) -> None:
     p.add_argument("--distill", action="store_true",
                    help="fine-tune and recover with knowledge distillation from the unpruned --weights (Ultralytics' "
                         "DistillationModel: a feature loss at the Detect inputs)")
+    p.add_argument("--distill-weight", type=float, default=None,
+                   help="weight of --distill's feature loss (default: Ultralytics' dis, 6.0)")
     p.add_argument("--score", default=DEFAULT_SCORE, choices=SCORES,
                    help="what a candidate is worth: map (mAP after BN recalibration, default), recovered (mAP after "
                         "a short identical recovery, 6-15x the cost; for collapsed small models), agreement (class-map "
@@ -143,6 +145,7 @@ def run(args) -> None:
                        round_to=args.round_to, recalibrate=not args.no_recalibrate, project=args.project,
                        name=args.name, resume=args.resume, finetune_epochs=args.finetune_epochs,
                        finetune_fraction=args.finetune_fraction, distill_from=args.weights if args.distill else None,
+                       distill_weight=args.distill_weight,
                        score=args.score, stages=_stages(args.stages), recover_epochs=args.recover_epochs,
                        sparsify_epochs=args.sparsify_epochs or 0, l1=args.l1, workers=args.workers,
                        worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus, ray_address=args.ray_address,

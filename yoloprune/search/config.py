@@ -14,6 +14,7 @@ from yoloprune.search.criteria import CRITERION_CHOICES
 from yoloprune.search.executors import check_parallel
 from yoloprune.search.strategies import STRATEGIES
 from yoloprune.structure.importance import DEFAULT_CRITERION
+from yoloprune.training.finetune import check_distill_weight
 from yoloprune.training.sparsify import DEFAULT_L1, check_l1
 
 
@@ -44,6 +45,7 @@ class SearchConfig:
     finetune_epochs: int = 0
     finetune_fraction: float = 1.0
     distill_from: str | None = None  # teacher checkpoint of every fine-tune and recovery (the unpruned model)
+    distill_weight: float | None = None  # its feature loss weight (None: Ultralytics' `dis`)
     score: str = DEFAULT_SCORE
     stages: int | str | None = None
     recover_epochs: int = 1
@@ -59,7 +61,7 @@ class SearchConfig:
 
 IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "min_speedup", "imgsz", "criterion",
             "round_to", "val_images", "calib_images", "recalibrate", "strategy", "seed", "trials", "score", "stages",
-            "recover_epochs", "distill_from", "slice_seed", "sparsify_epochs", "l1", "pareto")
+            "recover_epochs", "distill_from", "distill_weight", "slice_seed", "sparsify_epochs", "l1", "pareto")
 LATENCY_IDENTITY = ("latency_threads", "latency_models")
 
 
@@ -91,6 +93,7 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"--finetune-fraction {cfg.finetune_fraction} must lie in (0, 1]: the share of the train split")
     if cfg.distill_from is not None and not (cfg.finetune_epochs or (cfg.stages and cfg.recover_epochs)):
         raise UserError("--distill distils during fine-tuning: add --finetune-epochs N (or --stages K)")
+    check_distill_weight(cfg.distill_weight, cfg.distill_from)
     if cfg.distill_from is not None and not Path(cfg.distill_from).is_file():
         raise UserError(f"teacher checkpoint not found: {cfg.distill_from}")
     if cfg.score not in SCORES:

@@ -270,7 +270,8 @@ def _finetune_best(cfg, pruned: Path, evaluator, run_dir: Path) -> dict:
     """Fine-tune the saved best candidate with Ultralytics' trainer; its final check keeps the trained BN."""
     from yoloprune.training.finetune import finetune
 
-    tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, distill=cfg.distill_from, fraction=cfg.finetune_fraction,
+    tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, distill=cfg.distill_from,
+                     distill_weight=cfg.distill_weight, fraction=cfg.finetune_fraction,
                      device=cfg.device,
                      project=str(run_dir), name="finetune", exist_ok=True,
                      workers=2)  # a resumed run restarts an unfinished fine-tune

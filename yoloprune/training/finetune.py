@@ -26,6 +26,16 @@ FINETUNE_DEFAULTS = {"optimizer": "SGD", "lr0": 0.002, "lrf": 0.1, "warmup_epoch
                      "amp": False, "plots": False, "pretrained": True}
 
 
+def check_distill_weight(weight: float | None, teacher) -> None:
+    """--distill-weight: a positive number, and only with a teacher."""
+    if weight is None:
+        return
+    if teacher is None:
+        raise UserError("--distill-weight weights the distillation loss: add --distill")
+    if not weight > 0:
+        raise UserError(f"--distill-weight must be > 0, got {weight}")
+
+
 class PrunedDetectionTrainer(DetectionTrainer):
     """DetectionTrainer whose model is the loaded (pruned) network, never a rebuild from YAML."""
 
@@ -61,10 +71,13 @@ def train_args_for(weights: str | Path, data: str | Path, epochs: int, overrides
 
 
 def finetune(weights: str | Path, data: str | Path, epochs: int = 10, distill: str | Path | None = None,
-             **overrides) -> Path:
-    """Fine-tune a pruned checkpoint, distilling from the `distill` checkpoint if given; returns the path of
-    best.pt (same shapes as the input)."""
+             distill_weight: float | None = None, **overrides) -> Path:
+    """Fine-tune a pruned checkpoint, distilling from the `distill` checkpoint if given (its feature loss weighted
+    by `distill_weight`, default Ultralytics' `dis`); returns the path of best.pt (same shapes as the input)."""
+    check_distill_weight(distill_weight, distill)
     args = train_args_for(weights, data, epochs, overrides)
+    if distill_weight is not None:
+        args["dis"] = distill_weight
     if distill is not None:
         if Path(distill).suffix != ".pt":
             raise UserError(f"--distill needs the trained .pt checkpoint of the unpruned model, got {distill}")
