@@ -117,8 +117,10 @@ def print_table(rows: dict, part: str, trials: int) -> None:
     for limit in LIMITS[part]:
         own = [r for r in singles if r["limit"] == limit and r["seed"] in fronts]
         picked = [fronts[r["seed"]]["picks"][str(limit)].get("final_check_map50_95") for r in own]
+        failed = sum(p is None for p in picked)
         print(f"{limit:>6} {stat([p for p in picked if p is not None]):>18} "
-              f"{stat([r['best']['final_check_map50_95'] for r in own]):>18} {len(own):>6}")
+              f"{stat([r['best']['final_check_map50_95'] for r in own]):>18} {len(own):>6}"
+              + (f"  ({failed} front pick(s) found nothing within the limit)" if failed else ""))
     for seed, f in sorted(fronts.items()):
         pooled = [p for r in singles if r["seed"] == seed for p in r["points"]]
         if len({r["limit"] for r in singles if r["seed"] == seed}) == len(LIMITS[part]):

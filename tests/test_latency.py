@@ -136,7 +136,8 @@ def test_cached_fit_is_refitted_when_the_machine_speed_changed(tmp_path, monkeyp
     slower = latency_model(LinearMachineTimer(1 / 1.4), "sha", models=30, log=said.append)
     assert slower.predict(space, unpruned)[0] == pytest.approx(1.4 * first.predict(space, unpruned)[0], rel=1e-3)
     assert any("speed has changed" in m for m in said)
-    assert latency_model(LinearMachineTimer(1 / 1.4), "sha", models=30).coef == slower.coef, "the refit replaced the cache"
+    again = latency_model(LinearMachineTimer(1 / 1.4), "sha", models=30)
+    assert again.coef == slower.coef, "the refit replaced the cache"
 
 
 class FakeMachine:
@@ -227,3 +228,28 @@ def test_resumed_latency_search_keeps_its_first_runs_unit(tmp_path, tiny_data, f
         if t.get("latency_ms_measured") is not None:
             assert t["latency_ms_measured"] == pytest.approx(FakeMachine.ms(space, space.rates_vector(t["rates"])))
     assert summary["measured_latency_ms"] <= summary["max_latency_ms"]
+
+
+def test_latency_front_search_and_pick_within_a_measured_limit(tmp_path, tiny_data, fake_machine, tiny_weights):
+    from yoloprune.search.config import SearchConfig
+    from yoloprune.search.loop import run_search
+    from yoloprune.search.pick import pick
+
+    cfg = SearchConfig(str(tiny_weights), str(tiny_data.yaml_path), pareto="latency", latency_models=21, trials=8,
+                       val_images=6, calib_images=8, project=str(tmp_path / "runs"), name="front")
+    summary = run_search(cfg)
+    front = json.loads((tmp_path / "runs" / "front" / "front.json").read_text())
+    trials = [json.loads(line) for line in (tmp_path / "runs" / "front" / "trials.jsonl").read_text().splitlines()]
+    assert front["front"] == "latency" and front["cost_unit"].startswith("ms") and summary["trials"] == 8
+    assert all(p["cost"] == p["latency_ms_est"] for p in front["points"])
+    ests = [t["latency_ms_est"] for t in trials]
+    assert max(ests) - min(ests) > 0.3 * UNPRUNED_MS, "the trials spread over the latency range"
+    assert sum(t.get("latency_ms_measured") is not None for t in trials) >= 3, "the first trials calibrate"
+    limit = max(p["latency_ms_est"] for p in front["points"]) * 1.5
+    r = pick(tmp_path / "runs" / "front", tmp_path / "m.pt", max_latency_ms=limit)
+    space = api.analyse(api.load(tiny_weights))
+    assert r["measured_latency_ms"] == pytest.approx(FakeMachine.ms(space, space.rates_vector(r["rates"])))
+    assert r["measured_latency_ms"] <= limit and (tmp_path / "m.pt").exists()
+    with pytest.raises(UserError, match="no front point measured within"):
+        pick(tmp_path / "runs" / "front", tmp_path / "x.pt", max_latency_ms=0.1)
+    assert not (tmp_path / "x.pt").exists()

@@ -148,3 +148,14 @@ def test_front_bad_input_is_one_line_and_exit_2(tmp_path, tiny_weights, tiny_dat
         assert out.returncode == 2 and message in out.stderr, (cmd, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not any(tmp_path.glob("exp*")) and not (tmp_path / "m.pt").exists()
+
+
+def test_the_first_bayesian_trial_waits_for_two_results_when_workers_outnumber_the_initial_points(space):
+    from yoloprune.search.pareto import ParetoHDBO
+    from yoloprune.search.strategies import SearchContext
+
+    strategy = ParetoHDBO(SearchContext(space, Budget(space, None, front="flops"), {}, seed=0, trials=10))
+    n = strategy.n_init
+    assert strategy.ready(n - 1, in_flight=n - 1), "initial points go out at once"
+    assert not strategy.ready(n, in_flight=n) and not strategy.ready(n, in_flight=n - 1)
+    assert strategy.ready(n, in_flight=n - 2)

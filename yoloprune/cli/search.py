@@ -186,6 +186,8 @@ def front_lines(summary: dict) -> list[str]:
     import json
     from pathlib import Path
 
+    from yoloprune.search.report import pick_limit
+
     front = json.loads((Path(summary["run_dir"]) / "front.json").read_text())
     unit = "FLOPs kept" if front["front"] == "flops" else "est. ms"
     return [f"run folder  {summary['run_dir']}  ({summary['trials']} trials, front of mAP50-95 against "
@@ -193,7 +195,7 @@ def front_lines(summary: dict) -> list[str]:
             *[f"trial {p['trial']:>4}  {unit} {p['cost']:.3f}  mAP50-95 {p['map50_95']:.4f} (search slice)"
               for p in front["points"]],
             f"report      {Path(summary['run_dir']) / 'report.html'}; take a model with: yoloprune pick --run "
-            f"{summary['run_dir']} --target-flops F (or --max-latency-ms / --min-speedup) --out model.pt"]
+            f"{summary['run_dir']} {pick_limit(front['front'])} --out model.pt"]
 
 
 def search_lines(summary: dict) -> list[str]:

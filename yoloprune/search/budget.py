@@ -58,26 +58,23 @@ class Budget:
         return self.ratio(rates) if self.front == "flops" else self.latency.predict(self.space, rates)
 
     def cost_range(self) -> tuple[float, float]:
-        """(lowest, highest) level of the front's cost: deepest pruning up to the given bound or the unpruned model
-        (latency levels carry the estimate's margin, as every latency limit does)."""
+        """(lowest, highest) cost on the front's axis: deepest pruning, and the least pruning that meets every given
+        bound (the unpruned model when none is given)."""
         g = len(self.space.groups)
         deepest = self.space.realised_rates(np.full((1, g), self.max_rate))
-        pad = 1.0 if self.front == "flops" else 1.0 + self.latency.margin
-        lo, full = (float(self.cost(r)[0]) * pad for r in (deepest, np.zeros((1, g))))
-        bound = self.target if self.front == "flops" else self.max_latency_ms
-        return lo, min(full, bound) if bound is not None else full
+        return float(self.cost(deepest)[0]), float(self.cost(self.project(np.zeros((1, g))))[0])
 
     def feasible(self, rates: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
-        """Which rows of realised rates (B, G) meet every given budget (latency with its margin); `levels` (B,)
-        replace the front's own limit row by row."""
+        """Which rows of realised rates (B, G) meet every given budget (latency with its margin) and, if given,
+        their own level (B,) of the front's cost."""
         rates = np.atleast_2d(rates)
         ok = np.ones(len(rates), bool)
-        flops_limit = levels if levels is not None and self.front == "flops" else self.target
-        ms_limit = levels if levels is not None and self.front == "latency" else self.max_latency_ms
-        if flops_limit is not None:
-            ok &= self.ratio(rates) <= flops_limit
-        if ms_limit is not None:
-            ok &= self.latency.predict(self.space, rates) * (1.0 + self.latency.margin) <= ms_limit
+        if self.target is not None:
+            ok &= self.ratio(rates) <= self.target
+        if self.max_latency_ms is not None:
+            ok &= self.latency.predict(self.space, rates) * (1.0 + self.latency.margin) <= self.max_latency_ms
+        if levels is not None:
+            ok &= self.cost(rates) <= levels
         return ok
 
     def project(self, rates: np.ndarray, iters: int = 40, levels: np.ndarray | None = None) -> np.ndarray:

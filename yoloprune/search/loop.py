@@ -26,7 +26,7 @@ from yoloprune.search.budget import Budget
 from yoloprune.search.config import IDENTITY, LATENCY_IDENTITY, SearchConfig, check_config
 from yoloprune.search.criteria import AUTO, choose_criteria
 from yoloprune.search.executors import CandidateScorer, LocalPool, RayPool, ScorerSpec
-from yoloprune.search.pareto import ParetoHDBO, front_of, front_summary
+from yoloprune.search.pareto import ParetoHDBO, front_summary, non_dominated
 from yoloprune.search.report import classify_regime, plot_front, plot_run, unpruned_map, write_front_report
 from yoloprune.search.store import RunStore, run_dir_for
 from yoloprune.search.strategies import SCAN_PHASE, STRATEGY_CLASSES, SearchContext, make_strategy, on_budget
@@ -35,6 +35,7 @@ from yoloprune.structure.importance import effective_criterion, unit_scores
 from yoloprune.structure.pruner import prune_by_rates
 
 MIN_BINDING_CUT = 0.02  # a latency budget must ask for at least this much less than the unpruned model measures
+FRONT_MEASURE_SPACING = 0.1  # a front search measures a new front point unless one this close (share of range) was
 
 
 class BudgetDoesNotBind(UserError):
@@ -55,7 +56,8 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     sha = file_sha256(cfg.weights)
     total = cfg.trials if cfg.pareto else STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials, len(space.groups))
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
-    meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names}
+    meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names,
+            "weights_resolved": str(Path(cfg.weights).resolve()), "data_resolved": str(Path(cfg.data).resolve())}
     bounded = cfg.max_latency_ms is not None or cfg.min_speedup is not None
     timed = bounded or cfg.pareto == "latency"
     old = store.check_identity(meta, IDENTITY + (LATENCY_IDENTITY if timed else ())) if cfg.resume else {}
@@ -131,7 +133,8 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
                      "flops_ratio": float(budget.ratio(rates[None])[0]),
                      "latency_ms_est": float(budget.latency.predict(space, rates[None])[0]) if timer else None,
                      **result, "propose_seconds": propose_s}
-            if timer and phase != SCAN_PHASE and (_measured(trials) < LOCAL_POINTS or _leads(trial, trials, cfg)):
+            if timer and phase != SCAN_PHASE and (_measured(trials) < LOCAL_POINTS or
+                                                  _leads(trial, trials, cfg, budget, space)):
                 # the first trials, then every new incumbent (front point): the points that matter
                 trial["latency_ms_measured"] = timer.measure(rates)
                 _calibrate(budget, fit, space, trials + [trial], log)
@@ -139,7 +142,7 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
             trials.append(trial)
             if on_trial:
                 on_trial(trial, max(on_budget(trials), key=lambda x: x["score"], default=None), total)
-            if len(trials) == strategy.n_init and (first := on_budget(trials)):
+            if len(trials) == strategy.n_init and (first := on_budget(trials)) and not cfg.pareto:
                 regime = classify_regime([x["map50_95"] for x in first], unpruned_map(loaded, evaluator), log)
     finally:
         pool.close()
@@ -149,7 +152,8 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
     if scan:
         store.write_json("sensitivity.json", scan)
     first = on_budget(trials[:strategy.n_init]) or on_budget(trials)
-    regime = regime or classify_regime([x["map50_95"] for x in first], unpruned_map(loaded, evaluator))
+    if not cfg.pareto:  # a front's initial design spans its whole range: no regime to read from it
+        regime = regime or classify_regime([x["map50_95"] for x in first], unpruned_map(loaded, evaluator))
     return _finish(cfg, loaded, space, evaluator, trials, store, search_seconds, regime, budget, timer, log,
                    fresh=len(trials) - len(done), workers=pool.workers)
 
@@ -166,11 +170,18 @@ def _criterion(cfg: SearchConfig, loaded, space, evaluator: TrialEvaluator, stor
     return choice
 
 
-def _leads(trial: dict, trials: list[dict], cfg: SearchConfig) -> bool:
-    """Whether a new trial is the best result so far (for a front search: a point of the front)."""
+def _leads(trial: dict, trials: list[dict], cfg: SearchConfig, budget: Budget, space) -> bool:
+    """Whether a new trial is the best result so far; for a front search, a point of the front (by the estimate as
+    calibrated now) with no measured trial within FRONT_MEASURE_SPACING of the cost range: the calibration needs
+    measurements spread along the front, not one per front point."""
     if cfg.pareto:
-        cost = "flops_ratio" if cfg.pareto == "flops" else "latency_ms_est"
-        return any(t is trial for t in front_of(trials + [trial], cost))
+        rates = np.array([space.rates_vector(t["rates"]) for t in trials + [trial]])
+        costs, scores = budget.cost(rates), np.array([t["score"] for t in trials + [trial]])
+        if len(trials) not in non_dominated(costs, scores):
+            return False
+        lo, hi = budget.cost_range()
+        measured = [c for c, t in zip(costs, trials) if t.get("latency_ms_measured") is not None]
+        return all(abs(c - costs[-1]) > FRONT_MEASURE_SPACING * (hi - lo) for c in measured)
     results = on_budget(trials)
     return not results or trial["score"] > max(x["score"] for x in results)
 
@@ -205,7 +216,7 @@ def _finish(cfg, loaded, space, evaluator, trials, store: RunStore, search_secon
             budget: Budget, timer: PairedTimer | None, log=None, fresh: int = 0, workers: int = 1) -> dict:
     """Re-check, save and summarise the best trial; `fresh` trials ran in this invocation, in `search_seconds`."""
     if cfg.pareto:
-        return _finish_front(cfg, space, trials, store, search_seconds, regime, budget, timer, fresh, workers)
+        return _finish_front(cfg, space, trials, store, search_seconds, budget, timer, fresh, workers)
     results = on_budget(trials)
     best, measured_ms = max(results, key=lambda x: x["score"]), None
     latency = budget.latency
@@ -246,14 +257,14 @@ def _finish(cfg, loaded, space, evaluator, trials, store: RunStore, search_secon
     return summary
 
 
-def _finish_front(cfg, space, trials, store: RunStore, search_seconds: float, regime: dict, budget: Budget,
+def _finish_front(cfg, space, trials, store: RunStore, search_seconds: float, budget: Budget,
                   timer: PairedTimer | None, fresh: int, workers: int) -> dict:
     """front.json (every non-dominated trial, its cost by the final latency estimate), its plot and report."""
     front = front_summary(trials, budget, space)
     store.write_json("front.json", front)
     summary = {"run_dir": str(store.dir), "strategy": ParetoHDBO.name, "pareto": cfg.pareto, "criterion":
                cfg.criterion, "target_flops": cfg.target_flops, "max_latency_ms": budget.max_latency_ms,
-               "trials": len(trials), "slice_seed": cfg.slice_seed, "score": cfg.score, **regime,
+               "trials": len(trials), "slice_seed": cfg.slice_seed, "score": cfg.score,
                "front_points": len(front["points"]), "hypervolume": front["hypervolume"],
                "reference": front["reference"], "search_seconds": search_seconds,
                "unpruned_latency_ms": timer.unpruned_ms if timer else None,

@@ -12,7 +12,8 @@ the cost axis.
 The initial design is uniform rates at evenly spread levels (the uniform-rate curve the front is
 plotted against), then importance-guided and Sobol points at other levels. The GP models the gain
 over that uniform curve at the same cost, with the cost as one more input: where nothing was tried
-it expects what uniform rates give, so the search does not chase the collapsed end of the range.
+it expects the uniform curve plus the mean gain seen so far, not the mean mAP of all trials, so the
+search does not chase the collapsed end of the range.
 """
 
 from __future__ import annotations
@@ -172,12 +173,6 @@ class ParetoHDBO(HDBO):
         local_levels = np.clip(costs[own[pick]] + rng.normal(0.0, LOCAL_SPREAD * (hi - lo), half), lo, hi)
         box = rng.random((half, g)) * m
         return np.vstack([local, box]), np.concatenate([local_levels, lo + (hi - lo) * rng.random(half)])
-
-
-def front_of(trials: list[dict], cost_key: str) -> list[dict]:
-    """The non-dominated trials by (cost_key, score), by increasing cost."""
-    costs = np.array([t[cost_key] for t in trials], float)
-    return [trials[i] for i in non_dominated(costs, np.array([t["score"] for t in trials], float))]
 
 
 def front_summary(trials: list[dict], budget, space) -> dict:

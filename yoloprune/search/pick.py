@@ -1,13 +1,16 @@
 """`yoloprune pick`: the best point of a front search within a limit, pruned by its recorded rates, recalibrated,
 re-checked on the final-check images and saved as a stock checkpoint (optionally fine-tuned).
 
-A FLOPs limit is read off front.json. A latency limit is measured, as the latency search does (ONNX
-Runtime, paired with the unpruned model): along the front, ordered by cost, a bisection measures
-about log2(points) models and returns the most accurate one that measured within the limit.
+A FLOPs limit is read off the trials (on a FLOPs front, the best trial within it is a front point).
+A latency limit is measured, as the latency search does (ONNX Runtime, paired with the unpruned
+model): along the front, ordered by cost, a bisection measures about log2(points) models and returns
+the most accurate one that measured within the limit (it assumes latency grows along the front,
+true of a latency front by construction and of a FLOPs front up to the latency model's scatter).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -36,14 +39,27 @@ def check_limits(target_flops: float | None, max_latency_ms: float | None, min_s
 
 
 def open_front(run_dir: str | Path) -> tuple[RunStore, dict, dict]:
-    """(store, meta, front) of a finished front search; refused with one line otherwise."""
+    """(store, meta, front) of a finished front search whose model and data are still in place; refused with one
+    line otherwise."""
     store = RunStore(run_dir)
     if not store.has("meta.json"):
         raise UserError(f"no search run in {run_dir} (meta.json is missing)")
     if not store.has("front.json"):
         raise UserError(f"{run_dir} holds no front: pick takes a point of a `search --pareto flops|latency` run that "
                         f"has finished (a single-budget search saves its model in pruned.pt)")
-    return store, store.read_json("meta.json"), store.read_json("front.json")
+    meta, front = store.read_json("meta.json"), store.read_json("front.json")
+    if not front["points"]:
+        raise UserError(f"{run_dir}/front.json has no points")
+    for key in ("weights", "data"):  # absolute since they were recorded; as typed in older runs
+        meta[key] = meta.get(f"{key}_resolved", meta[key])
+        if not Path(meta[key]).is_file():
+            raise UserError(f"the {key} file {meta[key]} that {run_dir} searched is gone (pick runs from where it "
+                            f"can see it)")
+    if file_sha256(meta["weights"]) != meta["weights_sha256"]:
+        raise UserError(f"{meta['weights']} has changed since {run_dir} searched it: its front no longer applies")
+    if meta["criterion"] == AUTO and not store.has("criteria.json"):
+        raise UserError(f"{run_dir} searched with --criterion auto but its criteria.json is missing")
+    return store, meta, front
 
 
 def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None,
@@ -57,20 +73,21 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
     out = Path(out)
     if out.suffix != ".pt":
         raise UserError(f"--out must name a .pt checkpoint, got {out}")
+    cores = os.cpu_count() or 1
+    if latency_threads is not None and not 1 <= latency_threads <= cores:
+        raise UserError(f"--latency-threads {latency_threads} must lie in 1..{cores} (visible cores)")
     store, meta, front = open_front(run_dir)
-    weights = Path(meta["weights"])
-    if not weights.is_file() or file_sha256(weights) != meta["weights_sha256"]:
-        raise UserError(f"{weights}, the model {run_dir} searched, is missing or has changed since the search")
-    loaded = load(str(weights), meta["imgsz"])
+    loaded = load(meta["weights"], meta["imgsz"])
     space = analyse(loaded.model, loaded.imgsz, meta["round_to"])
-    points, measured_ms, unpruned_ms = front["points"], None, None
+    points, measured_ms, unpruned_ms, threads = front["points"], None, None, None
     if target_flops is not None:
-        within = [p for p in points if p["flops_ratio"] <= target_flops]
+        trials = store.trials()
+        within = [t for t in trials if t["flops_ratio"] <= target_flops]
         if not within:
-            low = min(points, key=lambda p: p["flops_ratio"])
-            raise UserError(f"no front point keeps at most {target_flops:.1%} of the FLOPs: the cheapest, trial "
+            low = min(trials, key=lambda t: t["flops_ratio"])
+            raise UserError(f"no trial keeps at most {target_flops:.1%} of the FLOPs: the cheapest, trial "
                             f"{low['trial']}, keeps {low['flops_ratio']:.1%} (mAP50-95 {low['map50_95']:.4f})")
-        best = max(within, key=lambda p: p["score"])
+        best = max(within, key=lambda t: t["score"])
     else:
         threads = latency_threads or meta["latency_threads"]
         timer = PairedTimer(loaded, space, threads)

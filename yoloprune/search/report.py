@@ -94,6 +94,11 @@ def plot_front(front: dict, run_dir: Path) -> None:
     plt.close(fig)
 
 
+def pick_limit(front: str) -> str:
+    """The `pick` limit flag that reads naturally on this front."""
+    return "--target-flops F" if front == "flops" else "--max-latency-ms L (or --min-speedup S)"
+
+
 def write_front_report(front: dict, summary: dict, run_dir: Path) -> None:
     """report.html: the front plot inline and one table row per front point (what `yoloprune pick` chooses from)."""
     import base64
@@ -113,7 +118,7 @@ def write_front_report(front: dict, summary: dict, run_dir: Path) -> None:
 <p>{summary['trials']} trials, run folder <code>{html.escape(summary['run_dir'])}</code>; {len(front['points'])} points
 on the front, hypervolume {front['hypervolume']:.4f} (reference: cost {front['reference']['cost']:.4g}, mAP 0).
 Scores are on the search slice after BN recalibration, without fine-tuning. Take one with
-<code>yoloprune pick --run {html.escape(summary['run_dir'])} --target-flops F --out model.pt</code>.</p>
+<code>yoloprune pick --run {html.escape(summary['run_dir'])} {pick_limit(front['front'])} --out model.pt</code>.</p>
 <img src="data:image/png;base64,{image}" alt="front">
 <table><tr><th>trial</th><th>FLOPs kept</th><th>latency est. (ms)</th><th>mAP50-95</th><th>mAP50</th>
 <th>phase</th></tr>{rows}</table></body></html>"""

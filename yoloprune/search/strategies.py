@@ -226,6 +226,10 @@ class BayesianStrategy(Strategy):
         self._state: dict | None = None
         self._fits = 0
 
+    def ready(self, t: int, in_flight: int) -> bool:
+        """The GP needs results: with more workers than initial points, the first BO trial waits for two."""
+        return super().ready(t, in_flight) and (t < self.n_init or t - in_flight >= min(2, self.n_init))
+
     def incumbent(self, rates: np.ndarray, scores: np.ndarray) -> int:
         """Row of the best search result so far (of any trial, should none be a search result yet)."""
         searched = self.searched(rates)
