@@ -37,13 +37,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=60, help="the front's trials; each single search gets a third")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--front-top", type=float, default=None,
+                        help="bound the front's range to at most this FLOPs share (arm front-topF); default: unbounded")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("pareto_search")
     if not args.table_only:
         data = str(default_dataset().yaml_path)
         for seed in map(int, args.seeds.split(",")):
-            unit = f"{args.part}/front/T{args.trials}/s{seed}"
+            unit = f"{args.part}/{front_arm(args)}/T{args.trials}/s{seed}"
             if unit not in log.done():
                 log.append(unit, run_front(args, data, seed, unit))
                 print(unit, "done", flush=True)
@@ -52,7 +54,7 @@ def main() -> None:
                 if unit not in log.done():
                     log.append(unit, run_single(args, data, seed, limit, unit))
                     print(unit, "done", flush=True)
-    print_table(log.done(), args.part, args.trials)
+    print_table(log.done(), args.part, args.trials, front_arm(args))
 
 
 def search(args, data: str, seed: int, unit: str, **budget) -> dict:
@@ -63,7 +65,7 @@ def search(args, data: str, seed: int, unit: str, **budget) -> dict:
 
 
 def run_front(args, data: str, seed: int, unit: str) -> dict:
-    summary = search(args, data, seed, unit, trials=args.trials, pareto=args.part)
+    summary = search(args, data, seed, unit, trials=args.trials, pareto=args.part, target_flops=args.front_top)
     run = Path(summary["run_dir"])
     front = json.loads((run / "front.json").read_text())
     picks = {}
@@ -80,8 +82,12 @@ def run_front(args, data: str, seed: int, unit: str) -> dict:
     else:
         points = [{"cost": p["latency_ms_est"] / summary["unpruned_latency_ms"], "score": p["score"]}
                   for p in front["points"]]
-    return {"part": args.part, "arm": "front", "seed": seed, "trials": summary["trials"], "picks": picks,
+    return {"part": args.part, "arm": front_arm(args), "seed": seed, "trials": summary["trials"], "picks": picks,
             "points": points, "uniform": front["uniform"], "search_seconds": summary["search_seconds"]}
+
+
+def front_arm(args) -> str:
+    return "front" if args.front_top is None else f"front-top{args.front_top}"
 
 
 def run_single(args, data: str, seed: int, limit: float, unit: str) -> dict:
@@ -104,11 +110,11 @@ def area(points: list[dict], ref: float) -> float:
     return hypervolume(np.array([p["cost"] for p in points]), np.array([p["score"] for p in points]), ref)
 
 
-def print_table(rows: dict, part: str, trials: int) -> None:
-    fronts = {r["seed"]: r for r in rows.values() if r["part"] == part and r["arm"] == "front"
+def print_table(rows: dict, part: str, trials: int, arm: str) -> None:
+    fronts = {r["seed"]: r for r in rows.values() if r["part"] == part and r["arm"] == arm
               and r["trials"] == trials}
     singles = [r for r in rows.values() if r["part"] == part and r["arm"] == "single" and r["trials"] == trials // 3]
-    print(f"{part}: front search x{trials} vs one search x{trials // 3} per limit; final check, 500 test images")
+    print(f"{part}: {arm} search x{trials} vs one search x{trials // 3} per limit; final check, 500 test images")
     print(f"{'limit':>6} {'front pick':>18} {'single search':>18} {'seeds':>6}")
 
     def stat(xs: list[float]) -> str:
