@@ -93,7 +93,8 @@ def add_parser(sub) -> None:
     p.add_argument("--pareto", default=None, choices=FRONTS,
                    help="search the whole front of mAP against FLOPs kept or estimated ONNX Runtime latency in one run "
                         "(front.json, front.png, report.html), then take models from it with `yoloprune pick`; "
-                        "--target-flops / --max-latency-ms / --min-speedup then bound the front's range")
+                        "--target-flops / --max-latency-ms / --min-speedup then bound the front's range. For one "
+                        "known budget a single search is stronger (measured)")
     p.add_argument("--ray-address", default=None,
                    help="HOST:PORT of a running Ray cluster to join (default: a private local instance for the run); "
                         "its nodes must see --weights and --data at the same paths")
