@@ -143,6 +143,8 @@ def test_front_bad_input_is_one_line_and_exit_2(tmp_path, tiny_weights, tiny_dat
         (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "0.5"), "holds no front"),
         (pick_cmd(tmp_path / "nothing", tmp_path / "m.pt", "--target-flops", "0.5"), "no search run"),
         (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "0.5", "--min-speedup", "2"), "not allowed with"),
+        (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "0.5", "--device", "7"), "--device 7"),
+        (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "1.5"), "(0, 1]"),
     ]:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and message in out.stderr, (cmd, out.stderr)

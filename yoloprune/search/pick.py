@@ -76,6 +76,7 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
     cores = os.cpu_count() or 1
     if latency_threads is not None and not 1 <= latency_threads <= cores:
         raise UserError(f"--latency-threads {latency_threads} must lie in 1..{cores} (visible cores)")
+    device = resolve_device(device)  # a device that cannot hold is refused before minutes of measuring
     store, meta, front = open_front(run_dir)
     loaded = load(meta["weights"], meta["imgsz"])
     space = analyse(loaded.model, loaded.imgsz, meta["round_to"])
@@ -102,7 +103,7 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
     result = prune_by_rates(loaded.model, space, best["rates"], criterion)
     evaluator = TrialEvaluator(meta["data"], loaded.model.names, loaded.imgsz, meta["val_images"],
                                meta["calib_images"], recalibrate=meta["recalibrate"], slice_seed=meta["slice_seed"],
-                               device=resolve_device(device))
+                               device=device)
     final = evaluator.final_check(result.model.to(evaluator.device))  # recalibrates BN: the saved model keeps it
     result.model.cpu()
     saved = save_pruned(result.model, loaded, out, {**result.provenance(), "front": str(store.dir),
