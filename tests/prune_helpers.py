@@ -1,4 +1,5 @@
-"""Helpers shared by test modules: tiny models of every family with non-trivial BatchNorm statistics.
+"""Helpers shared by test modules: tiny models of every family with non-trivial BatchNorm statistics, and the
+command line run in the test's own process (bad-input checks without an interpreter start each).
 
 Imported as a top-level module (pytest's `pythonpath = ["tests"]`), so that a `tests` package installed by
 another distribution (Ultralytics 8.3 ships one) cannot shadow it.
@@ -38,3 +39,14 @@ def randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def first_output(y):
     return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def cli_in_process(cmd: list, capsys) -> tuple[int, str]:
+    """(exit code, stderr) of a `python -m yoloprune ...` command line, run by the CLI's `main` in this process."""
+    from yoloprune.cli import main
+
+    try:
+        code = main([str(a) for a in cmd[3:]])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    return code, capsys.readouterr().err

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import yaml
+from prune_helpers import cli_in_process
 from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune.errors import UserError
@@ -114,15 +115,15 @@ def test_resume_refuses_a_different_budget(tmp_path, tiny_weights, tiny_data):
     (["--distill-weight", "1"], "add --distill"),
     (["--finetune-epochs", "1", "--distill", "--distill-weight", "-1"], "> 0"),
 ])
-def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):
+def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment, capsys):
     cmd = search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs")
     if extra[0] == "--target-flops":
         cmd[cmd.index("0.6")] = extra[1]
     else:
         cmd += extra
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 2 and "Traceback" not in out.stderr and fragment in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+    code, err = cli_in_process(cmd, capsys)  # a traceback would raise here
+    assert code == 2 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("trials.jsonl"))
 
 
