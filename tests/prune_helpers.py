@@ -5,6 +5,10 @@ Imported as a top-level module (pytest's `pythonpath = ["tests"]`), so that a `t
 another distribution (Ultralytics 8.3 ships one) cannot shadow it.
 """
 
+import contextlib
+import io
+from types import SimpleNamespace
+
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
@@ -41,12 +45,15 @@ def first_output(y):
     return y[0] if isinstance(y, (tuple, list)) else y
 
 
-def cli_in_process(cmd: list, capsys) -> tuple[int, str]:
-    """(exit code, stderr) of a `python -m yoloprune ...` command line, run by the CLI's `main` in this process."""
+def cli_here(*args) -> SimpleNamespace:
+    """returncode, stdout and stderr of `yoloprune ARGS`, run by the CLI's `main` in this process (a traceback
+    raises instead of printing)."""
     from yoloprune.cli import main
 
-    try:
-        code = main([str(a) for a in cmd[3:]])
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    return code, capsys.readouterr().err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from prune_helpers import cli_here
 
 from yoloprune.cli import main
 
@@ -57,23 +58,23 @@ def test_prune_bad_rates(tmp_path, rates_text, fragment):
     rates = tmp_path / "rates.yaml"
     rates.write_text(rates_text)
     out = tmp_path / "p.pt"
-    result = run("prune", "--weights", "yolov8n.yaml", "--imgsz", "96", "--rates", str(rates), "--out", str(out))
+    result = cli_here("prune", "--weights", "yolov8n.yaml", "--imgsz", "96", "--rates", str(rates), "--out", str(out))
     assert_clean_error(result, fragment)
     assert list(tmp_path.iterdir()) == [rates], "nothing may be written on bad input"
 
 
 def test_bad_weights(tmp_path):
-    assert_clean_error(run("layers", "--weights", str(tmp_path / "missing.pt")), "not found")
+    assert_clean_error(cli_here("layers", "--weights", str(tmp_path / "missing.pt")), "not found")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    assert_clean_error(run("layers", "--weights", str(junk)), "not a readable PyTorch checkpoint")
+    assert_clean_error(cli_here("layers", "--weights", str(junk)), "not a readable PyTorch checkpoint")
     other = tmp_path / "other.pt"
     import torch
 
     torch.save({"model": {"weights": [1, 2, 3]}}, other)
-    assert_clean_error(run("layers", "--weights", str(other)), "not an Ultralytics detection checkpoint")
-    assert_clean_error(run("prune", "--weights", "yolov8n.yaml", "--ratio", "1.5", "--out", str(tmp_path / "x.pt")),
-                       "outside [0, 1)")
+    assert_clean_error(cli_here("layers", "--weights", str(other)), "not an Ultralytics detection checkpoint")
+    bad_ratio = cli_here("prune", "--weights", "yolov8n.yaml", "--ratio", "1.5", "--out", str(tmp_path / "x.pt"))
+    assert_clean_error(bad_ratio, "outside [0, 1)")
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -92,14 +93,15 @@ def test_old_yolov5_repository_checkpoint_is_named(tmp_path):
 
     torch.save({"model": Fake()}, path, pickle_module=pickle)
     del sys.modules["models.yolo"], sys.modules["models"]
-    assert_clean_error(run("layers", "--weights", str(path)), "ultralytics/yolov5 repository")
+    assert_clean_error(cli_here("layers", "--weights", str(path)), "ultralytics/yolov5 repository")
 
 
 def test_eval_bad_data(tmp_path, tiny_data):
-    assert_clean_error(run("eval", "--weights", "yolov8n.yaml", "--data", str(tmp_path / "none.yaml")), "not found")
-    result = run("eval", "--weights", "yolov8n.yaml", "--data", str(tiny_data.yaml_path), "--imgsz", "96")
+    missing = cli_here("eval", "--weights", "yolov8n.yaml", "--data", str(tmp_path / "none.yaml"))
+    assert_clean_error(missing, "not found")
+    result = cli_here("eval", "--weights", "yolov8n.yaml", "--data", str(tiny_data.yaml_path), "--imgsz", "96")
     assert_clean_error(result, "class mismatch")
-    result = run("eval", "--weights", "yolov8n.yaml", "--data", str(tiny_data.yaml_path), "--val-images", "0")
+    result = cli_here("eval", "--weights", "yolov8n.yaml", "--data", str(tiny_data.yaml_path), "--val-images", "0")
     assert_clean_error(result, "--val-images")
 
 

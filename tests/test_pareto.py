@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from prune_helpers import cli_in_process
+from prune_helpers import cli_here
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
@@ -133,7 +133,7 @@ def test_front_search_resumes_identically_and_pick_saves_the_best_point_within_t
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_front_bad_input_is_one_line_and_exit_2(tmp_path, tiny_weights, tiny_data, capsys):
+def test_front_bad_input_is_one_line_and_exit_2(tmp_path, tiny_weights, tiny_data):
     run = tmp_path / "single"
     run.mkdir()
     (run / "meta.json").write_text("{}")
@@ -147,9 +147,9 @@ def test_front_bad_input_is_one_line_and_exit_2(tmp_path, tiny_weights, tiny_dat
         (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "0.5", "--device", "7"), "--device 7"),
         (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "1.5"), "(0, 1]"),
     ]:
-        code, err = cli_in_process(cmd, capsys)
-        assert code == 2 and message in err, (cmd, err)
-        assert len(err.strip().splitlines()) == 1, err
+        r = cli_here(*cmd[3:])
+        assert r.returncode == 2 and message in r.stderr, (cmd, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not any(tmp_path.glob("exp*")) and not (tmp_path / "m.pt").exists()
 
 

@@ -31,8 +31,9 @@ RELOAD_SCRIPT = textwrap.dedent("""
         onnx_file = model.export(format="onnx", imgsz=size, simplify=False, verbose=False)
         sess = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
         y_onnx = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-        results[path] = {"torch_vs_saved": float(np.abs(y - ref).max()), "onnx_vs_torch": float(np.abs(y_onnx - y).max()),
-                         "scale": float(np.abs(y).max()), "yoloprune_imported": "yoloprune" in sys.modules}
+        results[path] = {"torch_vs_saved": float(np.abs(y - ref).max()),
+                         "onnx_vs_torch": float(np.abs(y_onnx - y).max()), "scale": float(np.abs(y).max()),
+                         "yoloprune_imported": "yoloprune" in sys.modules}
     print(json.dumps(results))
 """)
 

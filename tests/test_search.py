@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from prune_helpers import cli_in_process
+from prune_helpers import cli_here
 from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune.errors import UserError
@@ -115,15 +115,15 @@ def test_resume_refuses_a_different_budget(tmp_path, tiny_weights, tiny_data):
     (["--distill-weight", "1"], "add --distill"),
     (["--finetune-epochs", "1", "--distill", "--distill-weight", "-1"], "> 0"),
 ])
-def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment, capsys):
+def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):
     cmd = search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs")
     if extra[0] == "--target-flops":
         cmd[cmd.index("0.6")] = extra[1]
     else:
         cmd += extra
-    code, err = cli_in_process(cmd, capsys)  # a traceback would raise here
-    assert code == 2 and fragment in err, err
-    assert len(err.strip().splitlines()) == 1
+    r = cli_here(*cmd[3:])  # a traceback would raise here
+    assert r.returncode == 2 and fragment in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("trials.jsonl"))
 
 

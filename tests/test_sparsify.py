@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 import yaml
+from prune_helpers import cli_here
 from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune import api
@@ -63,18 +64,18 @@ def test_sparsify_lowers_prunable_bn_scales_and_keeps_the_architecture(tmp_path,
 def test_sparsify_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_weights, tiny_data, default_problem):
     project = tmp_path / "runs"
     base = ["sparsify", "--data", str(tiny_data.yaml_path), "--epochs", "1", "--project", str(project)]
-    assert_clean_error(run(*base, "--weights", str(tiny_weights), "--l1", "-0.1"), "--l1")
-    assert_clean_error(run(*base, "--weights", str(tiny_weights), "--l1", "lots"), "--l1")
+    assert_clean_error(cli_here(*base, "--weights", str(tiny_weights), "--l1", "-0.1"), "--l1")
+    assert_clean_error(cli_here(*base, "--weights", str(tiny_weights), "--l1", "lots"), "--l1")
     fused = DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval().fuse(verbose=False)
     save_checkpoint(fused, tmp_path / "fused.pt", {"imgsz": 96}, {})
-    assert_clean_error(run(*base, "--weights", str(tmp_path / "fused.pt")), "no BatchNorm")
+    assert_clean_error(cli_here(*base, "--weights", str(tmp_path / "fused.pt")), "no BatchNorm")
     weights, _ = default_problem
     other = yaml.safe_load(tiny_data.yaml_path.read_text())
     other["names"] = {i: f"thing{i}" for i in other["names"]}
     other["path"] = str(tiny_data.yaml_path.parent)
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     base[base.index("--data") + 1] = str(tmp_path / "other.yaml")
-    assert_clean_error(run(*base, "--weights", str(weights), "--imgsz", "96"), "class mismatch")
+    assert_clean_error(cli_here(*base, "--weights", str(weights), "--imgsz", "96"), "class mismatch")
     assert not project.exists()
 
 
@@ -85,18 +86,19 @@ def recipe_cmd(weights, data, project, *extra):
 
 def test_recipe_bad_input_exits_2(tmp_path, tiny_weights, tiny_data):
     project = tmp_path / "runs"
-    assert_clean_error(run(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "0",
+    assert_clean_error(cli_here(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "0",
                                        "--finetune-epochs", "1")), "--sparsify-epochs")
-    assert_clean_error(run(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "1")),
+    assert_clean_error(cli_here(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "1")),
                        "--finetune-epochs")
-    assert_clean_error(run(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "1",
+    assert_clean_error(cli_here(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "1",
                                        "--finetune-epochs", "1", "--l1", "-1")), "--l1")
-    assert_clean_error(run(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "1",
+    assert_clean_error(cli_here(*recipe_cmd(tiny_weights, tiny_data.yaml_path, project, "--sparsify-epochs", "1",
                                        "--finetune-epochs", "1", "--stages", "2")), "--stages")
     fused = DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval().fuse(verbose=False)
     save_checkpoint(fused, tmp_path / "fused.pt", {"imgsz": 96}, {})
-    assert_clean_error(run(*recipe_cmd(tmp_path / "fused.pt", tiny_data.yaml_path, project, "--sparsify-epochs", "1",
-                                       "--finetune-epochs", "1")), "no BatchNorm")
+    no_bn = cli_here(*recipe_cmd(tmp_path / "fused.pt", tiny_data.yaml_path, project, "--sparsify-epochs", "1",
+                                 "--finetune-epochs", "1"))
+    assert_clean_error(no_bn, "no BatchNorm")
     assert not project.exists()
 
 

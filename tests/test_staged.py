@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from prune_helpers import cli_in_process
+from prune_helpers import cli_here
 
 from yoloprune import api
 from yoloprune.default.problem import DEFAULT_WEIGHTS
@@ -98,10 +98,10 @@ def test_staged_search_killed_in_stage_two_resumes_without_redoing_stage_one(tmp
     (["--stages", "2", "--finetune-epochs", "1"], "--recover-epochs"),
     (["--score", "recovered", "--no-recalibrate"], "recalibrat"),
 ])
-def test_staged_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment, capsys):
-    code, err = cli_in_process(staged_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs", *extra), capsys)
-    assert code == 2 and fragment in err, err  # a traceback would raise here
-    assert len(err.strip().splitlines()) == 1
+def test_staged_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):
+    r = cli_here(*staged_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs", *extra)[3:])
+    assert r.returncode == 2 and fragment in r.stderr, r.stderr  # a traceback would raise here
+    assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
