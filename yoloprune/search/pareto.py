@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from yoloprune.search.strategies import HDBO, N_CANDIDATES, SearchContext, raw_design
+from yoloprune.search.strategies import HDBO, N_CANDIDATES, SearchContext, raw_design, unseen
 
 UNIFORM_PHASE = "uniform"
 # Candidates: a front has ~20 points to improve where a single search has one incumbent, so 3 in 4 of twice hdbo's
@@ -145,11 +145,7 @@ class ParetoHDBO(HDBO):
             values = np.concatenate([values, trend(pending_costs) + mean])
         front = non_dominated(costs, values)
         raw, levels = self.front_candidates(rates, scores, costs, front, lo, hi, rng)
-        cand = np.unique(np.round(budget.project(raw, levels=levels), 6), axis=0)
-        busy = rates if pending is None or not len(pending) else np.vstack([rates, pending])
-        seen = {tuple(np.round(r, 6)) for r in busy}
-        fresh = np.array([c for c in cand if tuple(c) not in seen])
-        cand = fresh if len(fresh) else cand
+        cand = unseen(budget.project(raw, levels=levels), rates, pending)
         edges, steps_ = steps(costs[front], values[front], hi, REF_SHARE * float(values.max()))
         cand_costs = budget.cost(cand)
         gain = log_ehvi(model, torch.tensor(self.features(cand), dtype=torch.double), cand_costs, trend(cand_costs),

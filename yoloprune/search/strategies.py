@@ -275,11 +275,7 @@ class BayesianStrategy(Strategy):
         model = self._seeded_fit(x, y, trial, None if last_fit == trial else self._state)
         self._state = model.state_dict()
         cand = self.ctx.budget.project(self.candidates(rates, scores, rng))
-        cand = np.unique(np.round(cand, 6), axis=0)
-        busy = rates if pending is None or not len(pending) else np.vstack([rates, pending])
-        seen = {tuple(np.round(r, 6)) for r in busy}
-        fresh = np.array([c for c in cand if tuple(c) not in seen]) if len(cand) else cand
-        cand = fresh if len(fresh) else cand
+        cand = unseen(cand, rates, pending)
         best_f = y[self.incumbent(rates, scores)]
         if pending is None or not len(pending):
             acq = LogExpectedImprovement(model, best_f=best_f)
@@ -289,6 +285,15 @@ class BayesianStrategy(Strategy):
         with torch.no_grad():
             values = acq(torch.tensor(self.features(cand), dtype=torch.double)[:, None, :])
         return cand[int(values.argmax())]
+
+
+def unseen(cand: np.ndarray, rates: np.ndarray, pending: np.ndarray | None) -> np.ndarray:
+    """The distinct candidates (rounded to 1e-6) not already finished or in flight; all of them if none is new."""
+    cand = np.unique(np.round(cand, 6), axis=0)
+    busy = rates if pending is None or not len(pending) else np.vstack([rates, pending])
+    seen = {tuple(np.round(r, 6)) for r in busy}
+    fresh = np.array([c for c in cand if tuple(c) not in seen]) if len(cand) else cand
+    return fresh if len(fresh) else cand
 
 
 def _fit_seeded(ctx: SearchContext, x, y, kind: str, trial: int, state: dict | None):
