@@ -78,24 +78,6 @@ def test_bad_weights(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_old_yolov5_repository_checkpoint_is_named(tmp_path):
-    import pickle
-
-    class Fake:  # pickles as models.yolo.Model, the class the ultralytics/yolov5 repository saves
-        pass
-
-    Fake.__module__, Fake.__qualname__ = "models.yolo", "Model"
-    sys.modules.setdefault("models", type(sys)("models"))
-    sys.modules["models.yolo"] = type(sys)("models.yolo")
-    sys.modules["models.yolo"].Model = Fake
-    path = tmp_path / "yolov5l.pt"
-    import torch
-
-    torch.save({"model": Fake()}, path, pickle_module=pickle)
-    del sys.modules["models.yolo"], sys.modules["models"]
-    assert_clean_error(cli_here("layers", "--weights", str(path)), "ultralytics/yolov5 repository")
-
-
 def test_eval_bad_data(tmp_path, tiny_data):
     missing = cli_here("eval", "--weights", "yolov8n.yaml", "--data", str(tmp_path / "none.yaml"))
     assert_clean_error(missing, "not found")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from yoloprune import classic
 from yoloprune.errors import UserError
 
 
@@ -63,13 +64,20 @@ def load_model(weights: str | Path) -> tuple[nn.Module, dict]:
         raise UserError(f"{path}: unsupported weights format '{path.suffix}' (use an Ultralytics .pt or model .yaml)")
     ckpt = _torch_load(path)
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if isinstance(model, nn.Module) and classic.is_classic(model):
+        classic.check_detector(model, path)
+        names = getattr(model, "names", None) or [str(i) for i in range(model.model[-1].nc)]
+        model.names = names if isinstance(names, dict) else dict(enumerate(names))
+        opt = ckpt.get("opt") if isinstance(ckpt.get("opt"), dict) else {}
+        return model.float().eval(), {"imgsz": opt["imgsz"]} if opt.get("imgsz") else {}
     if not isinstance(model, DetectionModel):
         raise UserError(f"{path} is not an Ultralytics detection checkpoint (no DetectionModel inside)")
     train_args = ckpt.get("train_args") or {}
     return model.float().eval(), dict(train_args)
 
 
-def _torch_load(path: Path) -> dict:
+def _torch_load(path: Path, classic_code_tried: bool = False) -> dict:
+    """The unpickled checkpoint; a classic YOLOv5 one once its code is importable (exit 2 naming how, if not)."""
     from ultralytics.nn.tasks import temporary_modules
 
     try:
@@ -80,10 +88,11 @@ def _torch_load(path: Path) -> dict:
                                            "ultralytics.nn.tasks.DetectionModel"}):
             return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] in ("models", "utils"):
-            raise UserError(f"{path} is a checkpoint of the ultralytics/yolov5 repository (it pickles '{e.name}'); "
-                            "re-export it with that repository or use the YOLOv5u weights of the ultralytics "
-                            "package") from None
+        if e.name and e.name.split(".")[0] in classic.CLASSIC_MODULES:
+            if not classic_code_tried and classic.make_importable():
+                return _torch_load(path, classic_code_tried=True)
+            raise UserError(f"{path} is a checkpoint of the ultralytics/yolov5 repository (it pickles '{e.name}', "
+                            f"which does not import here): {classic.HOW_TO_GET_IT}") from None
         raise UserError(f"{path} needs the module '{e.name}', which is not installed") from None
     except (RuntimeError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as e:
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__})") from None
@@ -111,8 +120,9 @@ def save_checkpoint(model: nn.Module, out: str | Path, train_args: dict, provena
     if out.suffix != ".pt":
         raise UserError(f"output must end in .pt: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    date = datetime.now(timezone.utc).isoformat()
     ckpt = {
-        "date": datetime.now(timezone.utc).isoformat(),
+        "date": date,
         "version": ultralytics.__version__,
         "model": copy.deepcopy(model).half().eval(),
         "ema": None,
@@ -122,6 +132,8 @@ def save_checkpoint(model: nn.Module, out: str | Path, train_args: dict, provena
         "train_metrics": None,
         "yoloprune": _plain(provenance),
     }
+    if classic.is_classic(model):  # the classic tools read their own layout
+        ckpt = classic.checkpoint(ckpt["model"], date, ckpt["train_args"], ckpt["yoloprune"])
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=OneLineParser)
     for name in COMMANDS:
         importlib.import_module(f"yoloprune.cli.{name}").add_parser(sub)
+    for name, p in sub.choices.items():
+        if name != "demo":
+            p.add_argument("--yolov5-repo", metavar="DIR", help="a clone of ultralytics/yolov5, for its classic "
+                           "checkpoints (or install the yolov5 package; see the README)")
     return parser
 
 
@@ -44,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_ultralytics()
+        if getattr(args, "yolov5_repo", None):
+            from yoloprune.classic import use_repo
+
+            use_repo(args.yolov5_repo)
         args.func(args)
     except UserError as e:
         print(f"yoloprune {args.command}: error: {e}", file=sys.stderr)

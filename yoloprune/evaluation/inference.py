@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torchvision  # noqa: F401  Ultralytics' NMS uses torchvision's kernel only once it is imported (10x faster)
 
+from yoloprune import classic
 from yoloprune.errors import UserError
 
 CONF, IOU, MAX_DET = 0.001, 0.7, 100
@@ -52,7 +53,11 @@ def letterbox(paths: list[Path], imgsz: int) -> LetterboxedImages:
 
 @contextlib.contextmanager
 def channels_last(model: nn.Module):
-    """Run `model` in channels-last layout (about 25% faster on CPU here), then restore it."""
+    """Run `model` in channels-last layout (about 25% faster on CPU here), then restore it. Classic YOLOv5 models
+    stay as they are: their `_apply` moves 1-D tensors too, which a layout change refuses."""
+    if classic.is_classic(model):
+        yield
+        return
     model.to(memory_format=torch.channels_last)
     try:
         yield
@@ -60,10 +65,16 @@ def channels_last(model: nn.Module):
         model.to(memory_format=torch.contiguous_format)
 
 
-def fused_copy(model: nn.Module) -> nn.Module:
-    """An inference copy with Conv+BN folded (Ultralytics' fuse, as its validator does); the original is untouched."""
-    model = copy.deepcopy(model).eval()
+def fuse(model: nn.Module) -> nn.Module:
+    """`model` with Conv+BN folded in place (Ultralytics' fuse, as its validator does; classic YOLOv5 models too)."""
+    if classic.is_classic(model):
+        return classic.fuse(model)
     return model.fuse(verbose=False) if hasattr(model, "fuse") else model
+
+
+def fused_copy(model: nn.Module) -> nn.Module:
+    """An inference copy with Conv+BN folded; the original is untouched."""
+    return fuse(copy.deepcopy(model).eval())
 
 
 class OnnxDetector:
@@ -82,17 +93,18 @@ class OnnxDetector:
         except Exception as e:  # noqa: BLE001  ORT raises its own exception types
             raise UserError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:120]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.input = self.session.get_inputs()[0]
+        self.classic = classic.is_classic_onnx(meta)  # a classic YOLOv5 export: the size is its input's
         try:
             self.names = {int(k): str(v) for k, v in ast.literal_eval(meta["names"]).items()}
-            size = ast.literal_eval(meta["imgsz"])
+            size = self.input.shape[2:] if self.classic else ast.literal_eval(meta["imgsz"])
             args = ast.literal_eval(meta.get("args", "{}"))
         except (KeyError, ValueError, SyntaxError, AttributeError):
             raise UserError(f"{path} lacks Ultralytics' export metadata (names, imgsz): export it with Ultralytics"
                             ) from None
-        self.input = self.session.get_inputs()[0]
         if meta.get("task", "detect") != "detect":
             raise UserError(f"{path} is a {meta['task']} model; yoloprune evaluates detectors")
-        if len(set(size)) != 1:
+        if len(set(size)) != 1 or not all(isinstance(k, int) for k in size):
             raise UserError(f"{path} was exported at {size[0]}x{size[1]}; evaluation needs a square export")
         if args.get("nms"):
             raise UserError(f"{path} was exported with nms=True (its own confidence threshold); export without it")
@@ -113,7 +125,8 @@ class OnnxDetector:
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
             outs.append(self.session.run(None, {self.input.name: chunk})[0][:step - pad])
-        return torch.from_numpy(np.concatenate(outs))
+        out = torch.from_numpy(np.concatenate(outs))
+        return classic.as_ultralytics_output(out) if self.classic else out
 
 
 def model_input(pixels: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,8 +145,9 @@ def inference_forward(model: nn.Module | OnnxDetector, fuse: bool = True):
     model = fused_copy(model) if fuse else model.eval()
     head = model.model[-1] if hasattr(model, "model") else None
     weight = next(model.parameters())
+    forward = (lambda x: classic.as_ultralytics_output(model(x))) if classic.is_classic(model) else model
     with channels_last(model) if fuse else contextlib.nullcontext():  # converting costs more than a few images gain
-        yield model, lambda pixels: model_input(pixels, weight), bool(getattr(head, "end2end", False))
+        yield forward, lambda pixels: model_input(pixels, weight), bool(getattr(head, "end2end", False))
 
 
 @torch.no_grad()

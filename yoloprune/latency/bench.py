@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yoloprune import classic
 from yoloprune.checkpoint import load, save_checkpoint
 from yoloprune.errors import UserError
 from yoloprune.threads import torch_threads
@@ -61,6 +62,9 @@ def export_model(model: torch.nn.Module, train_args: dict, imgsz: int, out_dir: 
     ONNX exporter."""
     from ultralytics import YOLO
 
+    if classic.is_classic(model):
+        return classic.export_onnx(model, imgsz, out_dir / f"{len(list(out_dir.iterdir()))}-{label}.onnx", batch,
+                                   ONNX_OPSET)
     work = out_dir / f"{len(list(out_dir.iterdir()))}-{label}.pt"
     save_checkpoint(model, work, train_args or {"imgsz": imgsz}, {})  # the exporter writes beside it
     try:

@@ -214,9 +214,13 @@ def latency_model(timer: PairedTimer, weights_sha256: str, models: int = 60,
                     f"this machine's speed has changed; fitting again")
     except (OSError, ValueError, TypeError):  # missing, torn or of another format: fit again
         pass
-    held_out = max(1, min(20, models // 3))
-    needed = held_out + 2 + 2 * len({float(a) for a in space.conv_area})
-    if models < needed:
+    def holdout_for(n: int) -> int:
+        return max(1, min(20, n // 3))
+
+    held_out = holdout_for(models)
+    fitted = 2 + 2 * len({float(a) for a in space.conv_area})  # one more than the latency features
+    if models - held_out < fitted:
+        needed = next(n for n in range(fitted, 4 * fitted + 4) if n - holdout_for(n) >= fitted)
         raise UserError(f"--latency-models {models} is too few for this model: at least {needed} (one more than "
                         f"its latency features, plus the held-out third)")
     rates = sample_rates(space, models)

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from yoloprune import classic
 from yoloprune.checkpoint import file_sha256, load, save_pruned
 from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
@@ -47,6 +48,7 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     """Run (or resume) a search and return its summary (also written to summary.json)."""
     check_config(cfg)
     loaded = load(cfg.weights, cfg.imgsz)
+    classic.refuse_training(loaded.model, cfg.trains())
     space = analyse(loaded.model, loaded.imgsz, cfg.round_to)
     if log and effective_criterion(space, cfg.criterion) != cfg.criterion:
         log(f"criterion '{cfg.criterion}': {cfg.weights} has no BatchNorm; ranking channels by "

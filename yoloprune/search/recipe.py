@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Callable
 
+from yoloprune import classic
 from yoloprune.checkpoint import file_sha256, load
 from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
@@ -46,6 +47,7 @@ def run_recipe(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     """Run (or resume) the recipe; returns the search's summary with the recipe's stages and drops added."""
     check_recipe(cfg)
     original = load(cfg.weights, cfg.imgsz)  # a missing or foreign file fails before anything is written
+    classic.refuse_training(original.model)
     check_classes(original.model.names, cfg.data)
     space = analyse(original.model, original.imgsz, cfg.round_to)
     if not prunable_bn_masks(space):

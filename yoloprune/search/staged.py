@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from yoloprune import classic
 from yoloprune.checkpoint import file_sha256, load
 from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
@@ -72,6 +73,7 @@ def check_staged(cfg: SearchConfig) -> None:
 def auto_stages(cfg: SearchConfig, log: Callable[[str], None] | None = None) -> int:
     """The fewest stages whose first step, pruned with uniform rates, keeps >= COLLAPSE_SHARE of the unpruned mAP."""
     loaded = load(cfg.weights, cfg.imgsz)
+    classic.refuse_training(loaded.model)
     space = analyse(loaded.model, loaded.imgsz, cfg.round_to)
     ev = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
                         recalibrate=cfg.recalibrate, slice_seed=cfg.slice_seed, device=resolve_device(cfg.device))
@@ -96,6 +98,7 @@ def run_staged(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     check_staged(cfg)
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
     original = load(cfg.weights, cfg.imgsz)  # a missing or foreign file fails before anything is written
+    classic.refuse_training(original.model)
     meta = {**asdict(cfg), "weights_sha256": file_sha256(cfg.weights)}
     original_space = analyse(original.model, original.imgsz, cfg.round_to)
     if cfg.resume:

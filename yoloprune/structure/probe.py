@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from yoloprune.evaluation.inference import fuse
 from yoloprune.structure.pruner import prune
 from yoloprune.structure.space import Group, PruneSpace, short_name
 
@@ -22,8 +23,7 @@ def forwards_run(model: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         model.train()(x)
         model.eval()(x)
-        fused = model.fuse(verbose=False) if hasattr(model, "fuse") else model
-        fused(x)
+        fuse(model)(x)
 
 
 def hold_groups_that_break(model: nn.Module, space: PruneSpace) -> None:

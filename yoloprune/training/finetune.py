@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 
+from yoloprune import classic
 from yoloprune.checkpoint import load_model
 from yoloprune.devices import resolve_device, trainer_device
 from yoloprune.errors import UserError
@@ -60,6 +61,7 @@ def train_args_for(weights: str | Path, data: str | Path, epochs: int, overrides
     if weights.suffix != ".pt":
         raise UserError(f"training needs a .pt checkpoint, got {weights}")
     model, train_args = load_model(weights)  # clear errors for a missing or foreign file
+    classic.refuse_training(model)
     check_classes(model.names, data)
     device = trainer_device(resolve_device(overrides.pop("device", None)))
     args = {**FINETUNE_DEFAULTS, "model": str(weights), "data": str(data), "epochs": epochs, "device": device,
