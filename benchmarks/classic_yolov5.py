@@ -5,8 +5,9 @@ A classic yolov5n is trained briefly (E epochs at the default image size, from i
 results/classic_yolov5.jsonl (rerun to continue):
   agreement   `yoloprune eval` against the classic val.py on the same 500 test images, with the same
               conf (0.001), IoU (0.7) and max_det (100)
-  uniform     uniform rates at the budget, BN recalibrated, scored on the 500 test images
-  hdbo        a T-trial search at the budget (one unit per seed), its best scored on the same images
+  uniform     uniform rates at the budget, BN recalibrated, scored on the 500 test images, then fine-tuned
+              F epochs (yoloprune's classic fine-tune) and scored again
+  hdbo        a T-trial search at the budget (one unit per seed), its best scored and fine-tuned the same way
 
 Training needs more of the classic package than loading does:
     pip install --no-deps yolov5==7.0.14 roboflow requests-toolbelt python-dotenv pillow-avif-plugin
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.5, help="fraction of FLOPs kept")
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--data", default=None, help="dataset YAML (default: the embedded default's)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
@@ -55,19 +57,23 @@ def main() -> None:
         weights = train_unit(log, base, args, data)
         if f"{base}/agreement" not in log.done():
             log.append(f"{base}/agreement", agreement(weights, data))
-        units = [("uniform", f"{base}/uniform/b{args.budget}", 0)]
-        units += [("hdbo", f"{base}/hdbo/b{args.budget}/T{args.trials}/s{s}", int(s)) for s in args.seeds.split(",")]
+        tail = f"b{args.budget}/F{args.finetune_epochs}"
+        units = [("uniform", f"{base}/uniform/{tail}", 0)]
+        units += [("hdbo", f"{base}/hdbo/{tail}/T{args.trials}/s{s}", int(s)) for s in args.seeds.split(",")]
         for strategy, unit, seed in units:
             if unit in log.done():
                 continue
             run = RUNS / unit.replace("/", "-")
             shutil.rmtree(run, ignore_errors=True)
             s = run_search(SearchConfig(weights, data, args.budget, trials=args.trials, strategy=strategy, seed=seed,
-                                        project=str(run.parent), name=run.name))
+                                        project=str(run.parent), name=run.name,
+                                        finetune_epochs=args.finetune_epochs))
             log.append(unit, {"model": args.model, "epochs": args.epochs, "strategy": strategy, "seed": seed,
                               "budget": args.budget, "trials": s["trials"], "flops_ratio": s["best"]["flops_ratio"],
                               "search_map50_95": s["best"]["map50_95"],
-                              "final_check_map50_95": s["best"]["final_check_map50_95"]})
+                              "final_check_map50_95": s["best"]["final_check_map50_95"],
+                              "finetune_epochs": args.finetune_epochs,
+                              "finetuned_final_check_map50_95": s.get("finetuned_final_check_map50_95")})
             print(unit, round(s["best"]["final_check_map50_95"], 4), flush=True)
     print_table(log.done(), base)
 
@@ -132,8 +138,10 @@ def print_table(rows: dict[str, dict], base: str) -> None:
         r = [x for k, x in rows.items() if k.startswith(f"{base}/{strategy}/")]
         if r:
             v = [x["final_check_map50_95"] for x in r]
+            f = [x["finetuned_final_check_map50_95"] for x in r]
             print(f"{strategy:<8} {np.mean(v):.4f} ± {np.std(v):.4f} (n={len(v)}) at "
-                  f"{np.mean([x['flops_ratio'] for x in r]):.1%} FLOPs")
+                  f"{np.mean([x['flops_ratio'] for x in r]):.1%} FLOPs; after {r[0]['finetune_epochs']} fine-tune "
+                  f"epoch(s) {np.mean(f):.4f} ± {np.std(f):.4f}")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def test_classic_onnx_export_matches_pytorch_and_evaluates(classic_weights, tmp_
     assert 0.0 <= json.loads(result.stdout)["map50_95"] <= 1.0
 
 
-def test_classic_search_runs_three_trials_and_refuses_training(classic_weights, tiny_data, tmp_path):
+def test_classic_search_runs_three_trials_and_refuses_ultralytics_only_options(classic_weights, tiny_data, tmp_path):
     common = ("--weights", classic_weights, "--data", tiny_data.yaml_path, "--target-flops", "0.5",
               "--val-images", "8", "--calib-images", "8", "--project", tmp_path)
     result = cli_here("search", *common, "--trials", "3", "--name", "s", "--json")
@@ -118,12 +118,35 @@ def test_classic_search_runs_three_trials_and_refuses_training(classic_weights, 
     summary = json.loads(result.stdout)
     assert summary["best"]["flops_ratio"] <= 0.5
     assert classic.is_classic(load(summary["pruned"]).model)
-    for extra in (("--finetune-epochs", "1"), ("--score", "recovered")):
+    for extra in (("--score", "recovered"), ("--finetune-epochs", "1", "--distill"),
+                  ("--sparsify-epochs", "1", "--finetune-epochs", "1")):
         refused = cli_here("search", *common, "--trials", "3", "--name", "t", *extra)
         assert refused.returncode == 2 and "classic YOLOv5" in refused.stderr and refused.stderr.count("\n") == 1
         assert not (tmp_path / "t").exists()
-    refused = cli_here("finetune", "--weights", summary["pruned"], "--data", tiny_data.yaml_path, "--epochs", "1")
-    assert refused.returncode == 2 and "not supported yet" in refused.stderr
+
+
+def test_classic_finetune_keeps_the_pruned_network_and_the_classic_layout(classic_weights, tiny_data, tmp_path):
+    from yoloprune import api
+
+    loaded = load(classic_weights)
+    pruned_path = api.save_pruned(api.prune(loaded, {g.name: 0.4 for g in api.analyse(loaded).groups}), loaded,
+                                  tmp_path / "pruned.pt")
+    pruned = load(pruned_path).model
+    result = cli_here("finetune", "--weights", pruned_path, "--data", tiny_data.yaml_path, "--epochs", "1",
+                      "--project", tmp_path, "--name", "ft", "--json")
+    assert result.returncode == 0, result.stderr
+    tuned_path = json.loads(result.stdout)["best"]
+    ckpt = torch.load(tuned_path, weights_only=False)
+    assert {"model", "ema", "epoch", "opt"} <= set(ckpt) and "train_args" not in ckpt
+    tuned = load(tuned_path).model
+    assert classic.is_classic(tuned)
+    shapes = {k: v.shape for k, v in pruned.state_dict().items()}
+    assert {k: v.shape for k, v in tuned.state_dict().items()} == shapes  # the pruned network, not a YAML rebuild
+    changed = [k for k, v in tuned.state_dict().items() if k.endswith("conv.weight")
+               and not torch.equal(v, pruned.state_dict()[k])]
+    assert changed  # it was trained
+    assert "--distill" in cli_here("finetune", "--weights", pruned_path, "--data", tiny_data.yaml_path, "--epochs",
+                                   "1", "--distill", classic_weights).stderr
 
 
 def test_classic_bad_input(classic_weights, tmp_path, monkeypatch):

@@ -32,8 +32,6 @@ from yoloprune.errors import UserError
 CLASSIC_MODULES = ("models", "utils")  # the top-level packages classic checkpoints pickle
 HOW_TO_GET_IT = ("install its code (pip install --no-deps yolov5 && pip install 'yoloprune[yolov5]') or pass "
                  "--yolov5-repo DIR, a clone of ultralytics/yolov5")
-NO_TRAINING = ("training a classic YOLOv5 model (finetune, sparsify, search --finetune-epochs / --stages / "
-               "--sparsify-epochs / --score recovered) is not supported yet: search and prune it one-shot")
 OTHER_TASKS = {"SegmentationModel": "segmentation", "ClassificationModel": "classification"}
 
 
@@ -82,11 +80,11 @@ def check_detector(model: nn.Module, path: Path) -> None:
         raise UserError(f"{path} is a classic YOLOv5 checkpoint without an anchor-based Detect head")
 
 
-def refuse_training(model: nn.Module, trains: bool = True) -> None:
-    """Exit 2 when a classic model would be trained (the classic trainer rebuilds it from its YAML, undoing the
-    pruning, and yoloprune's training runs on Ultralytics' trainer and loss)."""
-    if trains and is_classic(model):
-        raise UserError(NO_TRAINING)
+def refuse(model: nn.Module, flags: list[str]) -> None:
+    """Exit 2 when a classic model meets options that train it with Ultralytics' own loss or distillation."""
+    if flags and is_classic(model):
+        raise UserError(f"{', '.join(flags)}: not supported for classic YOLOv5 models yet (it trains with Ultralytics' "
+                        "own loss or distillation); fine-tune them with --finetune-epochs, --stages or `finetune`")
 
 
 def as_ultralytics_output(preds) -> torch.Tensor:

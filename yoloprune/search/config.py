@@ -58,10 +58,10 @@ class SearchConfig:
     device: str | None = None  # --device syntax; None: the first CUDA device when one is visible (not identity)
     pareto: str | None = None  # one of FRONTS: search the whole mAP-cost front instead of one budget
 
-    def trains(self) -> bool:
-        """Whether the run trains a model (recoveries, fine-tune, sparsify, or the recovered score)."""
-        return bool(self.finetune_epochs or self.stages is not None or self.sparsify_epochs
-                    or self.score == "recovered")
+    def classic_unsupported(self) -> list[str]:
+        """The options that a classic YOLOv5 model cannot run with (they need Ultralytics' loss or distillation)."""
+        return [flag for flag, on in (("--sparsify-epochs", self.sparsify_epochs), ("--distill", self.distill_from),
+                                      ("--score recovered", self.score == "recovered")) if on]
 
 
 IDENTITY = ("weights_sha256", "data", "target_flops", "max_latency_ms", "min_speedup", "imgsz", "criterion",

@@ -48,7 +48,7 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     """Run (or resume) a search and return its summary (also written to summary.json)."""
     check_config(cfg)
     loaded = load(cfg.weights, cfg.imgsz)
-    classic.refuse_training(loaded.model, cfg.trains())
+    classic.refuse(loaded.model, cfg.classic_unsupported())
     space = analyse(loaded.model, loaded.imgsz, cfg.round_to)
     if log and effective_criterion(space, cfg.criterion) != cfg.criterion:
         log(f"criterion '{cfg.criterion}': {cfg.weights} has no BatchNorm; ranking channels by "

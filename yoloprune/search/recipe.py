@@ -47,7 +47,7 @@ def run_recipe(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     """Run (or resume) the recipe; returns the search's summary with the recipe's stages and drops added."""
     check_recipe(cfg)
     original = load(cfg.weights, cfg.imgsz)  # a missing or foreign file fails before anything is written
-    classic.refuse_training(original.model)
+    classic.refuse(original.model, cfg.classic_unsupported())
     check_classes(original.model.names, cfg.data)
     space = analyse(original.model, original.imgsz, cfg.round_to)
     if not prunable_bn_masks(space):

@@ -73,7 +73,6 @@ def check_staged(cfg: SearchConfig) -> None:
 def auto_stages(cfg: SearchConfig, log: Callable[[str], None] | None = None) -> int:
     """The fewest stages whose first step, pruned with uniform rates, keeps >= COLLAPSE_SHARE of the unpruned mAP."""
     loaded = load(cfg.weights, cfg.imgsz)
-    classic.refuse_training(loaded.model)
     space = analyse(loaded.model, loaded.imgsz, cfg.round_to)
     ev = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
                         recalibrate=cfg.recalibrate, slice_seed=cfg.slice_seed, device=resolve_device(cfg.device))
@@ -98,7 +97,7 @@ def run_staged(cfg: SearchConfig, on_trial=None, log: Callable[[str], None] | No
     check_staged(cfg)
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
     original = load(cfg.weights, cfg.imgsz)  # a missing or foreign file fails before anything is written
-    classic.refuse_training(original.model)
+    classic.refuse(original.model, cfg.classic_unsupported())
     meta = {**asdict(cfg), "weights_sha256": file_sha256(cfg.weights)}
     original_space = analyse(original.model, original.imgsz, cfg.round_to)
     if cfg.resume:

@@ -16,7 +16,7 @@ import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 from yoloprune import classic
-from yoloprune.checkpoint import load_model
+from yoloprune.checkpoint import load_model, save_checkpoint
 from yoloprune.devices import resolve_device, trainer_device
 from yoloprune.errors import UserError
 from yoloprune.evaluation.data import check_classes
@@ -61,7 +61,6 @@ def train_args_for(weights: str | Path, data: str | Path, epochs: int, overrides
     if weights.suffix != ".pt":
         raise UserError(f"training needs a .pt checkpoint, got {weights}")
     model, train_args = load_model(weights)  # clear errors for a missing or foreign file
-    classic.refuse_training(model)
     check_classes(model.names, data)
     device = trainer_device(resolve_device(overrides.pop("device", None)))
     args = {**FINETUNE_DEFAULTS, "model": str(weights), "data": str(data), "epochs": epochs, "device": device,
@@ -78,6 +77,9 @@ def finetune(weights: str | Path, data: str | Path, epochs: int = 10, distill: s
     by `distill_weight`, default Ultralytics' `dis`); returns the path of best.pt (same shapes as the input)."""
     check_distill_weight(distill_weight, distill)
     args = train_args_for(weights, data, epochs, overrides)
+    model, _ = load_model(weights)
+    old_style = classic.is_classic(model)
+    classic.refuse(model, ["--distill"] if distill is not None else [])
     if distill_weight is not None:
         args["dis"] = distill_weight
     if distill is not None:
@@ -91,7 +93,14 @@ def finetune(weights: str | Path, data: str | Path, epochs: int = 10, distill: s
             raise UserError(f"--distill {distill} predicts {teacher.yaml.get('nc')} classes, the pruned model "
                             f"{student.yaml.get('nc')}: distil from the model it was pruned from")
         args["distill_model"] = str(Path(distill).resolve())
-    trainer = PrunedDetectionTrainer(overrides=args)
+    if old_style:
+        from yoloprune.training.classic_trainer import ClassicPrunedTrainer
+
+    trainer = (ClassicPrunedTrainer if old_style else PrunedDetectionTrainer)(overrides=args)
     with torch_threads():
         trainer.train()
-    return Path(trainer.best if Path(trainer.best).exists() else trainer.last)
+    best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
+    if old_style:  # the classic tools' checkpoint layout, as every classic model yoloprune writes
+        tuned, train_args = load_model(best)
+        save_checkpoint(tuned, best, train_args or {"imgsz": args["imgsz"]}, {"finetuned_from": str(weights)})
+    return best

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from yoloprune import classic
 from yoloprune.atomic import write_text_atomic
 from yoloprune.checkpoint import load
 from yoloprune.devices import resolve_device
@@ -154,6 +155,7 @@ def run_sparsify(weights: str | Path, data: str | Path, epochs: int, l1: float =
         raise UserError(f"--target-flops {target_flops} must lie in (0, 1): it is the fraction of FLOPs KEPT")
     device = resolve_device(device)
     loaded = load(weights, overrides.get("imgsz"))
+    classic.refuse(loaded.model, ["sparsify"])
     space = analyse(loaded.model, loaded.imgsz)
     loaded.model.to(device)  # the readouts run there; so does the training
     masks = prunable_bn_masks(space)
