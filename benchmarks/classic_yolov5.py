@@ -51,13 +51,13 @@ def main() -> None:
     args = parser.parse_args()
     log = common.UnitLog("classic_yolov5")
     base = f"{args.model}/E{args.epochs}"
+    tail = f"b{args.budget}/F{args.finetune_epochs}"
     if not args.table_only:
         data = args.data or str(default_dataset().yaml_path)
         classic_shims()
         weights = train_unit(log, base, args, data)
         if f"{base}/agreement" not in log.done():
             log.append(f"{base}/agreement", agreement(weights, data))
-        tail = f"b{args.budget}/F{args.finetune_epochs}"
         units = [("uniform", f"{base}/uniform/{tail}", 0)]
         units += [("hdbo", f"{base}/hdbo/{tail}/T{args.trials}/s{s}", int(s)) for s in args.seeds.split(",")]
         for strategy, unit, seed in units:
@@ -75,7 +75,7 @@ def main() -> None:
                               "finetune_epochs": args.finetune_epochs,
                               "finetuned_final_check_map50_95": s.get("finetuned_final_check_map50_95")})
             print(unit, round(s["best"]["final_check_map50_95"], 4), flush=True)
-    print_table(log.done(), base)
+    print_table(log.done(), base, tail)
 
 
 def classic_shims() -> None:
@@ -126,7 +126,7 @@ def agreement(weights: str, data: str) -> dict:
             "classic_val_map50": map50, "images": 500}
 
 
-def print_table(rows: dict[str, dict], base: str) -> None:
+def print_table(rows: dict[str, dict], base: str, tail: str) -> None:
     """The agreement line (the unpruned model's mAP on the 500 test images), then uniform and hdbo (mean ± std
     over seeds) on the same images."""
     a = rows.get(f"{base}/agreement")
@@ -135,7 +135,7 @@ def print_table(rows: dict[str, dict], base: str) -> None:
         print(f"{base} unpruned: mAP50-95 yoloprune {ours:.4f}, classic val.py {theirs:.4f} "
               f"(difference {ours - theirs:+.4f})")
     for strategy in ("uniform", "hdbo"):
-        r = [x for k, x in rows.items() if k.startswith(f"{base}/{strategy}/")]
+        r = [x for k, x in rows.items() if k.startswith(f"{base}/{strategy}/{tail}")]
         if r:
             v = [x["final_check_map50_95"] for x in r]
             f = [x["finetuned_final_check_map50_95"] for x in r]
