@@ -66,10 +66,8 @@ def load_model(weights: str | Path) -> tuple[nn.Module, dict]:
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if isinstance(model, nn.Module) and classic.is_classic(model):
         classic.check_detector(model, path)
-        names = getattr(model, "names", None) or [str(i) for i in range(model.model[-1].nc)]
-        model.names = names if isinstance(names, dict) else dict(enumerate(names))
         opt = ckpt.get("opt") if isinstance(ckpt.get("opt"), dict) else {}
-        return model.float().eval(), {"imgsz": opt["imgsz"]} if opt.get("imgsz") else {}
+        return classic.prepare(model.float().eval()), {"imgsz": opt["imgsz"]} if opt.get("imgsz") else {}
     if not isinstance(model, DetectionModel):
         raise UserError(f"{path} is not an Ultralytics detection checkpoint (no DetectionModel inside)")
     train_args = ckpt.get("train_args") or {}
@@ -88,6 +86,9 @@ def _torch_load(path: Path, classic_code_tried: bool = False) -> dict:
                                            "ultralytics.nn.tasks.DetectionModel"}):
             return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "yolov5":
+            raise UserError(f"{path} was saved by the yolov5 package (it pickles '{e.name}'): install it "
+                            f"({classic.INSTALL})") from None
         if e.name and e.name.split(".")[0] in classic.CLASSIC_MODULES:
             if not classic_code_tried and classic.make_importable():
                 return _torch_load(path, classic_code_tried=True)

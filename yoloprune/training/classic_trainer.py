@@ -10,13 +10,14 @@ output adapter evaluation uses. What the trainer expects of an Ultralytics model
   named `module`, which Ultralytics' `unwrap_model` strips, so EMA, checkpoints and validation see,
   and pickle, the classic network alone;
 - a `criterion` attribute, `args` as a plain dict, and no `set_head_attr` call;
-- Detect's grids emptied before each save (a filled 5-D grid breaks the channels-last move that
-  Ultralytics' loader makes on reload).
+- Detect's grids emptied on loading and before each save (a filled 5-D grid breaks the channels-last
+  move that Ultralytics' trainer and loader make).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from copy import copy
 from pathlib import Path
@@ -29,6 +30,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloprune import classic
+from yoloprune.errors import UserError
 from yoloprune.training.finetune import PrunedDetectionTrainer
 
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
@@ -67,15 +69,15 @@ class ClassicValidator(DetectionValidator):
 class ClassicPrunedTrainer(PrunedDetectionTrainer):
     """PrunedDetectionTrainer for a classic YOLOv5 network, trained with the classic loss."""
 
+    def get_model(self, cfg=None, weights: torch.nn.Module | None = None, verbose: bool = True):
+        model = super().get_model(cfg, weights, verbose)
+        classic.empty_grids(model)  # the trainer moves the model to channels-last on CUDA
+        return model
+
     def set_model_attributes(self) -> None:
         model = unwrap_model(self.model)
-        head, nc = model.model[-1], self.data["nc"]
-        hyp = classic_hyp(model)
-        hyp["box"] *= 3 / head.nl  # the classic train.py's scaling to layers, classes and image size
-        hyp["cls"] *= nc / 80 * 3 / head.nl
-        hyp["obj"] *= (self.args.imgsz / 640) ** 2 * 3 / head.nl
-        hyp["label_smoothing"] = 0.0
-        model.nc, model.names, model.hyp = nc, self.data["names"], hyp
+        model.hyp = dict(getattr(model, "hyp", None) or scaled_hyp(model, self.data["nc"], self.args.imgsz))
+        model.nc, model.names = self.data["nc"], self.data["names"]
         model.args = dict(vars(self.args))  # plain types in the checkpoint
         model.criterion = None  # the trainer asks whether the criterion has an `update`
         self._loss = None
@@ -102,7 +104,7 @@ class ClassicPrunedTrainer(PrunedDetectionTrainer):
                                 _callbacks=self.callbacks)
 
     def save_model(self):
-        empty_grids(unwrap_model(self.ema.ema))
+        classic.empty_grids(unwrap_model(self.ema.ema))
         return super().save_model()
 
 
@@ -111,19 +113,24 @@ def classic_folder(model: nn.Module) -> Path:
     return Path(sys.modules[type(model).__module__].__file__).resolve().parents[1]
 
 
-def classic_hyp(model: nn.Module) -> dict:
-    """The classic train.py's default hyperparameters, from the code `model` comes from."""
-    return yaml.safe_load((classic_folder(model) / CLASSIC_HYP).read_text())
+def scaled_hyp(model: nn.Module, nc: int, imgsz: int) -> dict:
+    """The classic train.py's default hyperparameters, scaled as it scales them to the detection layers, classes
+    and image size (a checkpoint of the classic train.py carries its own, already scaled, as `model.hyp`)."""
+    path = classic_folder(model) / CLASSIC_HYP
+    if not path.is_file():
+        raise UserError(f"{path} not found: the classic code is older than release 6.0 (use a newer clone)")
+    hyp, layers = yaml.safe_load(path.read_text()), model.model[-1].nl
+    hyp["box"] *= 3 / layers
+    hyp["cls"] *= nc / 80 * 3 / layers
+    hyp["obj"] *= (imgsz / 640) ** 2 * 3 / layers
+    hyp["label_smoothing"] = 0.0
+    return hyp
 
 
 def classic_loss_module(model: nn.Module):
-    """`utils.loss` of the classic code `model` comes from (`yolov5.utils.loss` for the package's own classes)."""
-    root = type(model).__module__.split(".")[0]
-    return importlib.import_module("utils.loss" if root == "models" else f"{root}.utils.loss")
-
-
-def empty_grids(model: nn.Module) -> None:
-    """Reset Detect's cached anchor grids (rebuilt on the next forward)."""
-    head = model.model[-1]
-    head.grid = [torch.empty(0) for _ in range(head.nl)]
-    head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
+    """`utils.loss` of the classic code `model` comes from: the yolov5 package's own (`yolov5.utils.loss`) when the
+    code is the package, whatever name its classes were pickled under, else the clone's."""
+    spec = importlib.util.find_spec("yolov5")
+    package = spec is not None and spec.origin is not None and \
+        Path(spec.origin).resolve().parent == classic_folder(model)
+    return importlib.import_module("yolov5.utils.loss" if package else "utils.loss")
