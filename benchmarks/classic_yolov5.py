@@ -1,8 +1,9 @@
 """Classic YOLOv5 (ultralytics/yolov5 repository checkpoints) on the default problem (issue: classic checkpoints).
 
 A classic yolov5n is trained briefly (E epochs at the default image size, from its YAML) by the
-`yolov5` package's own train.py. On that checkpoint, one line per finished unit in
-results/classic_yolov5.jsonl (rerun to continue):
+`yolov5` package's own train.py, then optionally C more epochs by yoloprune's classic fine-tune
+(Ultralytics' trainer with the classic loss; its validation curve is recorded). On that checkpoint,
+one line per finished unit in results/classic_yolov5.jsonl (rerun to continue):
   agreement   `yoloprune eval` against the classic val.py on the same 500 test images, with the same
               conf (0.001), IoU (0.7) and max_det (100)
   uniform     uniform rates at the budget, BN recalibrated, scored on the 500 test images, then fine-tuned
@@ -46,16 +47,19 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--continue-epochs", type=int, default=0, help="more epochs by yoloprune's classic fine-tune")
     parser.add_argument("--data", default=None, help="dataset YAML (default: the embedded default's)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("classic_yolov5")
-    base = f"{args.model}/E{args.epochs}"
+    base = f"{args.model}/E{args.epochs}" + (f"+C{args.continue_epochs}" if args.continue_epochs else "")
     tail = f"b{args.budget}/F{args.finetune_epochs}"
     if not args.table_only:
         data = args.data or str(default_dataset().yaml_path)
         classic_shims()
-        weights = train_unit(log, base, args, data)
+        weights = train_unit(log, f"{args.model}/E{args.epochs}", args, data)
+        if args.continue_epochs:
+            weights = continue_unit(log, base, args, data, weights)
         if f"{base}/agreement" not in log.done():
             log.append(f"{base}/agreement", agreement(weights, data))
         units = [("uniform", f"{base}/uniform/{tail}", 0)]
@@ -111,6 +115,22 @@ def train_unit(log: common.UnitLog, base: str, args, data: str) -> str:
     log.append(unit, {"model": args.model, "epochs": args.epochs, "imgsz": DEFAULT_IMGSZ, "weights": weights,
                       "wall_seconds": time.perf_counter() - t0})
     return weights
+
+
+def continue_unit(log: common.UnitLog, base: str, args, data: str, weights: str) -> str:
+    """Train the classic checkpoint C more epochs with yoloprune's classic fine-tune (lr0 0.01, the classic
+    train.py's); the unit records its validation curve."""
+    unit = f"{base}/continue"
+    if unit in log.done():
+        return log.done()[unit]["weights"]
+    run = RUNS / unit.replace("/", "-")
+    shutil.rmtree(run, ignore_errors=True)
+    t0 = time.perf_counter()
+    best = api.finetune(weights, data, args.continue_epochs, lr0=0.01, project=str(run.parent), name=run.name,
+                        workers=2)
+    log.append(unit, {"model": args.model, "from": weights, "epochs": args.continue_epochs, "weights": str(best),
+                      "curve": common.val_curve(best), "wall_seconds": time.perf_counter() - t0})
+    return str(best)
 
 
 def agreement(weights: str, data: str) -> dict:

@@ -67,3 +67,11 @@ class UnitLog:
             f.write(json.dumps({"unit": unit, **provenance(), **payload}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def val_curve(best: Path) -> list[float]:
+    """Ultralytics' validation mAP50-95 after each epoch of the fine-tune that wrote `best`."""
+    import csv
+
+    with open(Path(best).parent.parent / "results.csv") as f:
+        return [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f)]

@@ -21,7 +21,6 @@ validation curve by epoch of the last fine-tune; rerun to continue, --table-only
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import time
 from pathlib import Path
@@ -77,7 +76,7 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
     """Train and prune one row; returns the final weights and what the row measured on the way."""
     if row == "reference":
         tuned = api.finetune(args.weights, data, args.epochs, project=str(run), name="finetune", workers=2)
-        return {"weights": str(tuned), "flops_ratio": 1.0, "curve": val_curve(tuned)}
+        return {"weights": str(tuned), "flops_ratio": 1.0, "curve": common.val_curve(tuned)}
     name, distilled, weight = row.split("-distill")[0], "-distill" in row, row.partition("-distill")[2]
     sparsify = int(name.removeprefix("sparsify")) if name.startswith("sparsify") else 0
     options = {"trials": args.trials, "seed": seed, "project": str(run.parent), "name": run.name,
@@ -91,19 +90,13 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
         last = s["stage_summaries"][-1]
         return {"weights": last["finetuned"], "flops_ratio": s["flops_ratio"], "params": s["params"],
                 "stage_maps_before_recovery": [x["best"]["final_check_map50_95"] for x in s["stage_summaries"]],
-                "curve": val_curve(Path(last["finetuned"]))}
+                "curve": common.val_curve(Path(last["finetuned"]))}
     s = api.search(args.weights, data, args.budget, finetune_epochs=args.epochs - sparsify, sparsify_epochs=sparsify,
                    **options)
     extra = {"sparsify": {k: s["recipe"][k] for k in ("l1", "prunability", "sparsify_wrecked")}} if sparsify else {}
     return {"weights": s["finetuned"], "flops_ratio": s["best"]["flops_ratio"], "params": s["best"]["params"],
             "map50_95_before_finetune": s["best"]["final_check_map50_95"], "regime": s["regime"],
-            "curve": val_curve(Path(s["finetuned"])), **extra}
-
-
-def val_curve(best: Path) -> list[float]:
-    """Ultralytics' validation mAP50-95 after each epoch of the fine-tune that wrote `best`."""
-    with open(best.parent.parent / "results.csv") as f:
-        return [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f)]
+            "curve": common.val_curve(Path(s["finetuned"])), **extra}
 
 
 def print_table(rows: dict, model: str, budget: float, epochs: int) -> None:
