@@ -98,39 +98,41 @@ def classic_shims() -> None:
     os.environ["YOLOV5_CONFIG_DIR"] = str(fonts)
 
 
-def train_unit(log: common.UnitLog, base: str, args, data: str) -> str:
-    """Train the classic model once (the unit records where its best.pt is); returns that path."""
-    unit = f"{base}/train"
+def training_unit(log: common.UnitLog, unit: str, train) -> str:
+    """Run `train(run folder)` -> (weights, record) once per unit; returns the weights (logged by a finished unit)."""
     if unit in log.done():
         return log.done()[unit]["weights"]
-    from yolov5 import train
-
     run = RUNS / unit.replace("/", "-")
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
-    train.run(data=data, cfg=f"{args.model}.yaml", weights="", epochs=args.epochs, imgsz=DEFAULT_IMGSZ,
-              batch_size=16, workers=2, project=str(run.parent), name=run.name, exist_ok=True, device="cpu",
-              noplots=True)
-    weights = str(run / "weights" / "best.pt")
-    log.append(unit, {"model": args.model, "epochs": args.epochs, "imgsz": DEFAULT_IMGSZ, "weights": weights,
-                      "wall_seconds": time.perf_counter() - t0})
-    return weights
+    weights, record = train(run)
+    log.append(unit, {**record, "weights": str(weights), "wall_seconds": time.perf_counter() - t0})
+    return str(weights)
+
+
+def train_unit(log: common.UnitLog, base: str, args, data: str) -> str:
+    """Train the classic model from its YAML with the yolov5 package's train.py; returns its best.pt."""
+    def train(run: Path):
+        from yolov5 import train
+
+        train.run(data=data, cfg=f"{args.model}.yaml", weights="", epochs=args.epochs, imgsz=DEFAULT_IMGSZ,
+                  batch_size=16, workers=2, project=str(run.parent), name=run.name, exist_ok=True, device="cpu",
+                  noplots=True)
+        return run / "weights" / "best.pt", {"model": args.model, "epochs": args.epochs, "imgsz": DEFAULT_IMGSZ}
+
+    return training_unit(log, f"{base}/train", train)
 
 
 def continue_unit(log: common.UnitLog, base: str, args, data: str, weights: str) -> str:
     """Train the classic checkpoint C more epochs with yoloprune's classic fine-tune (lr0 0.01, the classic
     train.py's); the unit records its validation curve."""
-    unit = f"{base}/continue"
-    if unit in log.done():
-        return log.done()[unit]["weights"]
-    run = RUNS / unit.replace("/", "-")
-    shutil.rmtree(run, ignore_errors=True)
-    t0 = time.perf_counter()
-    best = api.finetune(weights, data, args.continue_epochs, lr0=0.01, project=str(run.parent), name=run.name,
-                        workers=2)
-    log.append(unit, {"model": args.model, "from": weights, "epochs": args.continue_epochs, "weights": str(best),
-                      "curve": common.val_curve(best), "wall_seconds": time.perf_counter() - t0})
-    return str(best)
+    def train(run: Path):
+        best = api.finetune(weights, data, args.continue_epochs, lr0=0.01, project=str(run.parent), name=run.name,
+                            workers=2)
+        return best, {"model": args.model, "from": weights, "epochs": args.continue_epochs,
+                      "curve": common.val_curve(best)}
+
+    return training_unit(log, f"{base}/continue", train)
 
 
 def agreement(weights: str, data: str) -> dict:
