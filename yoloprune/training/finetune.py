@@ -88,10 +88,9 @@ def finetune(weights: str | Path, data: str | Path, epochs: int = 10, distill: s
         if not Path(distill).is_file():
             raise UserError(f"teacher checkpoint not found: {distill}")
         teacher, _ = load_model(distill)
-        student, _ = load_model(weights)
-        if teacher.yaml.get("nc") != student.yaml.get("nc"):
+        if teacher.yaml.get("nc") != model.yaml.get("nc"):
             raise UserError(f"--distill {distill} predicts {teacher.yaml.get('nc')} classes, the pruned model "
-                            f"{student.yaml.get('nc')}: distil from the model it was pruned from")
+                            f"{model.yaml.get('nc')}: distil from the model it was pruned from")
         args["distill_model"] = str(Path(distill).resolve())
     if old_style:
         from yoloprune.training.classic_trainer import ClassicPrunedTrainer
