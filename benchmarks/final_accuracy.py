@@ -12,6 +12,8 @@ sparsify, recoveries and the fine-tune together, then is scored on 500 test imag
   sparsifyS         S epochs of network slimming, hdbo on the sparsified model, fine-tune E - S epochs
   sparsifyS-distill the same with a distilled fine-tune
   staged            --stages 2, each stage recovered E/2 epochs
+--lr0 X (reference, uniform, hdbo, hdbo-auto) fine-tunes at that initial SGD rate instead of the default
+0.002: the search runs one-shot, then `api.finetune(..., lr0=X)`; the unit name ends in /lrX.
 One line per finished unit (model x row x budget x E x seed) in results/final_accuracy.jsonl, with the
 validation curve by epoch of the last fine-tune; rerun to continue, --table-only to print.
 
@@ -30,10 +32,12 @@ import numpy as np
 
 from yoloprune import api
 from yoloprune.default.problem import default_dataset
+from yoloprune.training.finetune import FINETUNE_DEFAULTS
 
 CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
 ROWS = ("reference", "uniform", "hdbo", "hdbo-auto", "hdbo-distill", "hdbo-distill1", "sparsify2", "sparsify2-distill",
         "sparsify4", "staged")
+LR0_ROWS = ("reference", "uniform", "hdbo", "hdbo-auto")
 RUNS = Path("benchmarks/runs/final_accuracy")
 
 
@@ -45,6 +49,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--rows", default="reference,hdbo,sparsify2")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--lr0", type=float, default=FINETUNE_DEFAULTS["lr0"], help="fine-tune initial SGD rate")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("final_accuracy")
@@ -54,9 +59,11 @@ def main() -> None:
         for row in args.rows.split(","):
             if row not in ROWS:
                 raise SystemExit(f"unknown row {row} (choose from {', '.join(ROWS)})")
+            if args.lr0 != FINETUNE_DEFAULTS["lr0"] and row not in LR0_ROWS:
+                raise SystemExit(f"--lr0 applies to the rows {', '.join(LR0_ROWS)}")
             budget = 1.0 if row == "reference" else args.budget
             for seed in map(int, args.seeds.split(",")):
-                unit = f"{model}/{row}/b{budget}/E{args.epochs}/s{seed}"
+                unit = f"{model}/{row}/b{budget}/E{args.epochs}/s{seed}" + lr_suffix(args.lr0)
                 if unit in log.done():
                     continue
                 run = RUNS / unit.replace("/", "-")
@@ -66,16 +73,17 @@ def main() -> None:
                 result = run_row(row, seed, args, data, run)
                 test = api.evaluate(result.pop("weights"), data, split="test", val_images=500)
                 log.append(unit, {"model": model, "row": row, "budget": budget, "epochs": args.epochs,
-                                  "trials": args.trials, "seed": seed, "final_map50_95": test.map50_95,
+                                  "trials": args.trials, "seed": seed, "lr0": args.lr0, "final_map50_95": test.map50_95,
                                   "final_map50": test.map50, **result, "wall_seconds": time.perf_counter() - t0})
                 print(unit, round(test.map50_95, 4), flush=True)
-    print_table(log.done(), model, args.budget, args.epochs)
+    print_table(log.done(), model, args.budget, args.epochs, args.lr0)
 
 
 def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
     """Train and prune one row; returns the final weights and what the row measured on the way."""
     if row == "reference":
-        tuned = api.finetune(args.weights, data, args.epochs, project=str(run), name="finetune", workers=2)
+        tuned = api.finetune(args.weights, data, args.epochs, project=str(run), name="finetune", workers=2,
+                             lr0=args.lr0)
         return {"weights": str(tuned), "flops_ratio": 1.0, "curve": common.val_curve(tuned)}
     name, distilled, weight = row.split("-distill")[0], "-distill" in row, row.partition("-distill")[2]
     sparsify = int(name.removeprefix("sparsify")) if name.startswith("sparsify") else 0
@@ -91,20 +99,30 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
         return {"weights": last["finetuned"], "flops_ratio": s["flops_ratio"], "params": s["params"],
                 "stage_maps_before_recovery": [x["best"]["final_check_map50_95"] for x in s["stage_summaries"]],
                 "curve": common.val_curve(Path(last["finetuned"]))}
-    s = api.search(args.weights, data, args.budget, finetune_epochs=args.epochs - sparsify, sparsify_epochs=sparsify,
-                   **options)
+    own_lr = args.lr0 != FINETUNE_DEFAULTS["lr0"]
+    s = api.search(args.weights, data, args.budget, finetune_epochs=0 if own_lr else args.epochs - sparsify,
+                   sparsify_epochs=sparsify, **options)
+    if own_lr:
+        s["finetuned"] = str(api.finetune(s["pruned"], data, args.epochs, project=str(run), name="finetune",
+                                          exist_ok=True, workers=2, lr0=args.lr0))
     extra = {"sparsify": {k: s["recipe"][k] for k in ("l1", "prunability", "sparsify_wrecked")}} if sparsify else {}
     return {"weights": s["finetuned"], "flops_ratio": s["best"]["flops_ratio"], "params": s["best"]["params"],
             "map50_95_before_finetune": s["best"]["final_check_map50_95"], "regime": s["regime"],
             "curve": common.val_curve(Path(s["finetuned"])), **extra}
 
 
-def print_table(rows: dict, model: str, budget: float, epochs: int) -> None:
-    print(f"{model}: {budget:.0%} FLOPs, E = {epochs} epochs; final-check mAP50-95 on 500 test images")
+def lr_suffix(lr0: float) -> str:
+    return "" if lr0 == FINETUNE_DEFAULTS["lr0"] else f"/lr{lr0:g}"
+
+
+def print_table(rows: dict, model: str, budget: float, epochs: int, lr0: float) -> None:
+    print(f"{model}: {budget:.0%} FLOPs, E = {epochs} epochs, fine-tune lr0 {lr0:g}; "
+          "final-check mAP50-95 on 500 test images")
     def finals(name: str) -> list[float]:
         wanted = 1.0 if name == "reference" else budget
         return [r["final_map50_95"] for r in rows.values()
-                if (r["model"], r["row"], r["budget"], r["epochs"]) == (model, name, wanted, epochs)]
+                if (r["model"], r["row"], r["budget"], r["epochs"], r.get("lr0", FINETUNE_DEFAULTS["lr0"]))
+                == (model, name, wanted, epochs, lr0)]
 
     ref = finals("reference")
     print(f"{'row':<20}{'seeds':>6}{'mean':>8}{'std':>8}{'vs ref':>8}  per seed")
