@@ -249,12 +249,10 @@ class BayesianStrategy(Strategy):
         if not self.trust_region:
             return rng.random((N_CANDIDATES, g)) * m
         best = rates[self.incumbent(rates, scores)]
-        length = trust_region_length(scores[self.n_init:], g)
-        mask = rng.random((N_CANDIDATES // 2, g)) < min(1.0, 20.0 / g)
-        mask[np.arange(len(mask)), rng.integers(0, g, len(mask))] = True
-        local = best + mask * rng.uniform(-length, length, (len(mask), g)) * m
+        local = perturb(np.repeat(best[None], N_CANDIDATES // 2, 0), trust_region_length(scores[self.n_init:], g), m,
+                        rng)
         box = rng.random((N_CANDIDATES // 2, g)) * m
-        return np.clip(np.vstack([local, box]), 0.0, m)
+        return np.vstack([local, box])
 
     def next(self, rates: np.ndarray, scores: np.ndarray, t: int, pending: np.ndarray | None) -> np.ndarray:
         with torch_threads(1):  # BO in one thread: oversubscription, not the GP, is what makes it slow
@@ -285,6 +283,15 @@ class BayesianStrategy(Strategy):
         with torch.no_grad():
             values = acq(torch.tensor(self.features(cand), dtype=torch.double)[:, None, :])
         return cand[int(values.argmax())]
+
+
+def perturb(centres: np.ndarray, length: float, max_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Sparse moves of each row of `centres` (n, G): about 20 groups (at least one) each move by up to
+    +-length x max_rate, clipped to the box."""
+    n, g = centres.shape
+    mask = rng.random((n, g)) < min(1.0, 20.0 / g)
+    mask[np.arange(n), rng.integers(0, g, n)] = True
+    return np.clip(centres + mask * rng.uniform(-length, length, (n, g)) * max_rate, 0.0, max_rate)
 
 
 def unseen(cand: np.ndarray, rates: np.ndarray, pending: np.ndarray | None) -> np.ndarray:
