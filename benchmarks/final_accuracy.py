@@ -12,8 +12,8 @@ sparsify, recoveries and the fine-tune together, then is scored on 500 test imag
   sparsifyS         S epochs of network slimming, hdbo on the sparsified model, fine-tune E - S epochs
   sparsifyS-distill the same with a distilled fine-tune
   staged            --stages 2, each stage recovered E/2 epochs
---lr0 X (reference, uniform, hdbo, hdbo-auto) fine-tunes at that initial SGD rate instead of the default
-0.002: the search runs one-shot, then `api.finetune(..., lr0=X)`; the unit name ends in /lrX.
+--lr0 X fine-tunes (and recovers) every row at that initial SGD rate (`search --finetune-lr0`) instead of
+the default; the unit name ends in /lrX.
 One line per finished unit (model x row x budget x E x seed) in results/final_accuracy.jsonl, with the
 validation curve by epoch of the last fine-tune; rerun to continue, --table-only to print.
 
@@ -37,7 +37,6 @@ from yoloprune.training.finetune import FINETUNE_DEFAULTS
 CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
 ROWS = ("reference", "uniform", "hdbo", "hdbo-auto", "hdbo-distill", "hdbo-distill1", "sparsify2", "sparsify2-distill",
         "sparsify4", "staged")
-LR0_ROWS = ("reference", "uniform", "hdbo", "hdbo-auto")
 RUNS = Path("benchmarks/runs/final_accuracy")
 
 
@@ -59,8 +58,6 @@ def main() -> None:
         for row in args.rows.split(","):
             if row not in ROWS:
                 raise SystemExit(f"unknown row {row} (choose from {', '.join(ROWS)})")
-            if args.lr0 != FINETUNE_DEFAULTS["lr0"] and row not in LR0_ROWS:
-                raise SystemExit(f"--lr0 applies to the rows {', '.join(LR0_ROWS)}")
             budget = 1.0 if row == "reference" else args.budget
             for seed in map(int, args.seeds.split(",")):
                 unit = f"{model}/{row}/b{budget}/E{args.epochs}/s{seed}" + lr_suffix(args.lr0)
@@ -92,19 +89,15 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
                "distill_from": args.weights if distilled else None,
                "distill_weight": float(weight) if weight else None,
                "strategy": "uniform" if name == "uniform" else "hdbo",
-               "criterion": "auto" if name == "hdbo-auto" else "bn"}
+               "criterion": "auto" if name == "hdbo-auto" else "bn", "finetune_lr0": args.lr0}
     if name == "staged":
         s = api.search(args.weights, data, args.budget, stages=2, recover_epochs=args.epochs // 2, **options)
         last = s["stage_summaries"][-1]
         return {"weights": last["finetuned"], "flops_ratio": s["flops_ratio"], "params": s["params"],
                 "stage_maps_before_recovery": [x["best"]["final_check_map50_95"] for x in s["stage_summaries"]],
                 "curve": common.val_curve(Path(last["finetuned"]))}
-    own_lr = args.lr0 != FINETUNE_DEFAULTS["lr0"]
-    s = api.search(args.weights, data, args.budget, finetune_epochs=0 if own_lr else args.epochs - sparsify,
-                   sparsify_epochs=sparsify, **options)
-    if own_lr:
-        s["finetuned"] = str(api.finetune(s["pruned"], data, args.epochs, project=str(run), name="finetune",
-                                          exist_ok=True, workers=2, lr0=args.lr0))
+    s = api.search(args.weights, data, args.budget, finetune_epochs=args.epochs - sparsify, sparsify_epochs=sparsify,
+                   **options)
     extra = {"sparsify": {k: s["recipe"][k] for k in ("l1", "prunability", "sparsify_wrecked")}} if sparsify else {}
     return {"weights": s["finetuned"], "flops_ratio": s["best"]["flops_ratio"], "params": s["best"]["params"],
             "map50_95_before_finetune": s["best"]["final_check_map50_95"], "regime": s["regime"],

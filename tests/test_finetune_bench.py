@@ -60,7 +60,7 @@ def test_finetune_distils_from_the_unpruned_model(tmp_path, pruned_tiny, tiny_da
     assert shapes(YOLO(str(best)).model) == shapes(api.load(pruned_tiny).model)  # the student alone, pruned
 
 
-def test_finetune_refuses_a_bad_teacher(tmp_path, pruned_tiny, tiny_data):
+def test_finetune_refuses_a_bad_teacher_or_rate(tmp_path, pruned_tiny, tiny_data):
     from yoloprune.errors import UserError
     from yoloprune.training.finetune import finetune
 
@@ -74,6 +74,8 @@ def test_finetune_refuses_a_bad_teacher(tmp_path, pruned_tiny, tiny_data):
         finetune(pruned_tiny, tiny_data.yaml_path, 1, distill_weight=1.0, project=str(tmp_path))
     with pytest.raises(UserError, match="> 0"):
         finetune(pruned_tiny, tiny_data.yaml_path, 1, distill=pruned_tiny, distill_weight=0.0, project=str(tmp_path))
+    with pytest.raises(UserError, match="--lr0 must be > 0"):
+        finetune(pruned_tiny, tiny_data.yaml_path, 1, lr0=-0.01, project=str(tmp_path))
     assert not list(tmp_path.rglob("results.csv"))
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,7 @@ def test_resume_refuses_a_different_budget(tmp_path, tiny_weights, tiny_data):
     (["--distill"], "--finetune-epochs"),
     (["--distill-weight", "1"], "add --distill"),
     (["--finetune-epochs", "1", "--distill", "--distill-weight", "-1"], "> 0"),
+    (["--finetune-epochs", "1", "--finetune-lr0", "0"], "--finetune-lr0 must be > 0"),
 ])
 def test_search_bad_input(tmp_path, tiny_weights, tiny_data, extra, fragment):
     cmd = search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path / "runs")
@@ -154,10 +156,12 @@ def test_search_finetunes_the_best_candidate_when_asked(tmp_path, tiny_weights, 
     from yoloprune import api
 
     out = subprocess.run(search_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--strategy", "uniform",
-                                    "--finetune-epochs", "1", "--distill", "--json"),
+                                    "--finetune-epochs", "1", "--finetune-lr0", "0.004", "--distill", "--json"),
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout)
+    train_args = yaml.safe_load((Path(summary["finetuned"]).parent.parent / "args.yaml").read_text())
+    assert train_args["lr0"] == 0.004, "--finetune-lr0 reaches the trainer"
     tuned, pruned = api.load(summary["finetuned"]).model, api.load(summary["pruned"]).model
     assert [p.shape for p in tuned.parameters()] == [p.shape for p in pruned.parameters()]
     assert 0.0 <= summary["finetuned_final_check_map50_95"] <= 1.0 and summary["finetune_epochs"] == 1

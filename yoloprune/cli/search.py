@@ -13,6 +13,7 @@ def add_parser(sub) -> None:
     from yoloprune.search.budget import FRONTS
     from yoloprune.search.criteria import CRITERION_CHOICES
     from yoloprune.structure.importance import DEFAULT_CRITERION
+    from yoloprune.training.finetune import FINETUNE_DEFAULTS
     from yoloprune.training.sparsify import DEFAULT_L1
 
     p = sub.add_parser("search", help="Bayesian optimisation of per-group prune rates under a FLOPs and/or "
@@ -58,6 +59,8 @@ def add_parser(sub) -> None:
                    help="fine-tune the best candidate this many epochs at the end (Ultralytics trainer; default 0)")
     p.add_argument("--finetune-fraction", type=float, default=1.0,
                    help="share of the train split each fine-tune or recovery epoch uses (default 1.0)")
+    p.add_argument("--finetune-lr0", type=float, default=None,
+                   help=f"initial SGD rate of the fine-tune and recoveries (default {FINETUNE_DEFAULTS['lr0']})")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune and recover with knowledge distillation from the unpruned --weights (Ultralytics' "
                         "DistillationModel: a feature loss at the Detect inputs)")
@@ -145,8 +148,8 @@ def run(args) -> None:
                        calib_images=args.calib_images, imgsz=args.imgsz, seed=args.seed, criterion=args.criterion,
                        round_to=args.round_to, recalibrate=not args.no_recalibrate, project=args.project,
                        name=args.name, resume=args.resume, finetune_epochs=args.finetune_epochs,
-                       finetune_fraction=args.finetune_fraction, distill_from=args.weights if args.distill else None,
-                       distill_weight=args.distill_weight,
+                       finetune_fraction=args.finetune_fraction, finetune_lr0=args.finetune_lr0,
+                       distill_from=args.weights if args.distill else None, distill_weight=args.distill_weight,
                        score=args.score, stages=_stages(args.stages), recover_epochs=args.recover_epochs,
                        sparsify_epochs=args.sparsify_epochs or 0, l1=args.l1, workers=args.workers,
                        worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus, ray_address=args.ray_address,

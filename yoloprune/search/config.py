@@ -44,6 +44,7 @@ class SearchConfig:
     resume: bool = False
     finetune_epochs: int = 0
     finetune_fraction: float = 1.0
+    finetune_lr0: float | None = None  # initial SGD rate of every fine-tune and recovery (None: FINETUNE_DEFAULTS)
     distill_from: str | None = None  # teacher checkpoint of every fine-tune and recovery (the unpruned model)
     distill_weight: float | None = None  # its feature loss weight (None: Ultralytics' `dis`)
     score: str = DEFAULT_SCORE
@@ -94,6 +95,8 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError(f"--min-speedup {cfg.min_speedup} must be > 1: the measured speedup over the unpruned model")
     if cfg.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
+    if cfg.finetune_lr0 is not None and not cfg.finetune_lr0 > 0:
+        raise UserError(f"--finetune-lr0 must be > 0, got {cfg.finetune_lr0}")
     if not 0.0 < cfg.finetune_fraction <= 1.0:
         raise UserError(f"--finetune-fraction {cfg.finetune_fraction} must lie in (0, 1]: the share of the train split")
     if cfg.distill_from is not None and not (cfg.finetune_epochs or (cfg.stages and cfg.recover_epochs)):

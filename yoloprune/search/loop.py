@@ -285,7 +285,7 @@ def _finetune_best(cfg, pruned: Path, evaluator, run_dir: Path) -> dict:
 
     tuned = finetune(pruned, cfg.data, cfg.finetune_epochs, distill=cfg.distill_from,
                      distill_weight=cfg.distill_weight, fraction=cfg.finetune_fraction,
-                     device=cfg.device,
+                     lr0=cfg.finetune_lr0, device=cfg.device,
                      project=str(run_dir), name="finetune", exist_ok=True,
                      workers=2)  # a resumed run restarts an unfinished fine-tune
     after = evaluator.final_check(load(tuned).model.to(evaluator.device), recalibrate=False)

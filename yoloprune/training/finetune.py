@@ -57,6 +57,8 @@ def train_args_for(weights: str | Path, data: str | Path, epochs: int, overrides
     syntax, default the first CUDA device when one is visible)."""
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
+    if overrides.get("lr0") is not None and not overrides["lr0"] > 0:
+        raise UserError(f"--lr0 must be > 0, got {overrides['lr0']}")
     weights = Path(weights)
     if weights.suffix != ".pt":
         raise UserError(f"training needs a .pt checkpoint, got {weights}")
