@@ -12,8 +12,9 @@ sparsify, recoveries and the fine-tune together, then is scored on 500 test imag
   sparsifyS         S epochs of network slimming, hdbo on the sparsified model, fine-tune E - S epochs
   sparsifyS-distill the same with a distilled fine-tune
   staged            --stages 2, each stage recovered E/2 epochs
---lr0 X fine-tunes (and recovers) every row at that initial SGD rate (`search --finetune-lr0`) instead of
-the default; the unit name ends in /lrX.
+--lr0 X trains every stage of every row (sparsify, recoveries, fine-tune) at that initial SGD rate
+(`search --finetune-lr0`); by default at the shipped default for an E-epoch fine-tune. Units at another
+rate than 0.002 (the only rate before the default depended on the length) end in /lrX.
 One line per finished unit (model x row x budget x E x seed) in results/final_accuracy.jsonl, with the
 validation curve by epoch of the last fine-tune; rerun to continue, --table-only to print.
 
@@ -32,12 +33,13 @@ import numpy as np
 
 from yoloprune import api
 from yoloprune.default.problem import default_dataset
-from yoloprune.training.finetune import FINETUNE_DEFAULTS
+from yoloprune.training.finetune import default_lr0
 
 CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
 ROWS = ("reference", "uniform", "hdbo", "hdbo-auto", "hdbo-distill", "hdbo-distill1", "sparsify2", "sparsify2-distill",
         "sparsify4", "staged")
 RUNS = Path("benchmarks/runs/final_accuracy")
+UNSUFFIXED_LR0 = 0.002  # the rate of the units named without /lrX
 
 
 def main() -> None:
@@ -48,9 +50,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--rows", default="reference,hdbo,sparsify2")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--lr0", type=float, default=FINETUNE_DEFAULTS["lr0"], help="fine-tune initial SGD rate")
+    parser.add_argument("--lr0", type=float, default=None, help="fine-tune initial SGD rate (default: by length)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
+    args.lr0 = args.lr0 or default_lr0(args.epochs)
     log = common.UnitLog("final_accuracy")
     model = Path(args.weights).stem
     if not args.table_only:
@@ -105,7 +108,7 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
 
 
 def lr_suffix(lr0: float) -> str:
-    return "" if lr0 == FINETUNE_DEFAULTS["lr0"] else f"/lr{lr0:g}"
+    return "" if lr0 == UNSUFFIXED_LR0 else f"/lr{lr0:g}"
 
 
 def print_table(rows: dict, model: str, budget: float, epochs: int, lr0: float) -> None:
@@ -114,7 +117,7 @@ def print_table(rows: dict, model: str, budget: float, epochs: int, lr0: float) 
     def finals(name: str) -> list[float]:
         wanted = 1.0 if name == "reference" else budget
         return [r["final_map50_95"] for r in rows.values()
-                if (r["model"], r["row"], r["budget"], r["epochs"], r.get("lr0", FINETUNE_DEFAULTS["lr0"]))
+                if (r["model"], r["row"], r["budget"], r["epochs"], r.get("lr0", UNSUFFIXED_LR0))
                 == (model, name, wanted, epochs, lr0)]
 
     ref = finals("reference")

@@ -60,6 +60,18 @@ def test_finetune_distils_from_the_unpruned_model(tmp_path, pruned_tiny, tiny_da
     assert shapes(YOLO(str(best)).model) == shapes(api.load(pruned_tiny).model)  # the student alone, pruned
 
 
+def test_the_default_rate_follows_the_schedule_length_and_an_explicit_rate_wins(pruned_tiny, tiny_data):
+    from yoloprune.training.finetune import LONG_LR0, LONG_SCHEDULE_EPOCHS, SHORT_LR0, train_args_for
+
+    def lr0(epochs: int, **overrides) -> float:
+        return train_args_for(pruned_tiny, tiny_data.yaml_path, epochs, overrides)["lr0"]
+
+    assert SHORT_LR0 < LONG_LR0
+    assert lr0(1) == lr0(LONG_SCHEDULE_EPOCHS - 1) == SHORT_LR0
+    assert lr0(LONG_SCHEDULE_EPOCHS) == lr0(30) == LONG_LR0
+    assert lr0(30, lr0=0.003) == lr0(1, lr0=0.003) == 0.003 and lr0(30, lr0=None) == LONG_LR0
+
+
 def test_finetune_refuses_a_bad_teacher_or_rate(tmp_path, pruned_tiny, tiny_data):
     from yoloprune.errors import UserError
     from yoloprune.training.finetune import finetune

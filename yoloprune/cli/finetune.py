@@ -7,7 +7,7 @@ from yoloprune.cli.common import emit
 
 def add_parser(sub) -> None:
     from yoloprune.devices import DEVICE_HELP
-    from yoloprune.training.finetune import FINETUNE_DEFAULTS
+    from yoloprune.training.finetune import LR0_HELP
 
     p = sub.add_parser("finetune", help="fine-tune a pruned model with Ultralytics' trainer, keeping its architecture")
     p.add_argument("--weights", required=True, help="pruned .pt checkpoint")
@@ -15,8 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr0", type=float, default=None,
-                   help=f"initial SGD learning rate (default {FINETUNE_DEFAULTS['lr0']})")
+    p.add_argument("--lr0", type=float, default=None, help=LR0_HELP)
     p.add_argument("--warmup-epochs", type=float, default=0.5)
     p.add_argument("--fraction", type=float, default=1.0, help="share of the train split to use")
     p.add_argument("--distill", default=None, metavar="TEACHER.pt",

@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     from yoloprune.search.budget import FRONTS
     from yoloprune.search.criteria import CRITERION_CHOICES
     from yoloprune.structure.importance import DEFAULT_CRITERION
-    from yoloprune.training.finetune import FINETUNE_DEFAULTS
+    from yoloprune.training.finetune import LR0_HELP
     from yoloprune.training.sparsify import DEFAULT_L1
 
     p = sub.add_parser("search", help="Bayesian optimisation of per-group prune rates under a FLOPs and/or "
@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
     p.add_argument("--finetune-fraction", type=float, default=1.0,
                    help="share of the train split each fine-tune or recovery epoch uses (default 1.0)")
     p.add_argument("--finetune-lr0", type=float, default=None,
-                   help=f"initial SGD rate of the fine-tune and recoveries (default {FINETUNE_DEFAULTS['lr0']})")
+                   help=f"the fine-tune's and recoveries' {LR0_HELP}")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune and recover with knowledge distillation from the unpruned --weights (Ultralytics' "
                         "DistillationModel: a feature loss at the Detect inputs)")

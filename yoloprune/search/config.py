@@ -44,7 +44,7 @@ class SearchConfig:
     resume: bool = False
     finetune_epochs: int = 0
     finetune_fraction: float = 1.0
-    finetune_lr0: float | None = None  # initial SGD rate of every fine-tune and recovery (None: FINETUNE_DEFAULTS)
+    finetune_lr0: float | None = None  # initial SGD rate of every fine-tune and recovery (None: by length, default_lr0)
     distill_from: str | None = None  # teacher checkpoint of every fine-tune and recovery (the unpruned model)
     distill_weight: float | None = None  # its feature loss weight (None: Ultralytics' `dis`)
     score: str = DEFAULT_SCORE
