@@ -10,7 +10,7 @@ for latency, the cost is each run's final latency estimate over the unpruned mod
 One line per finished unit (part x arm x seed, or part x arm x budget x seed) in
 results/pareto_search.jsonl; rerun to continue (a search killed mid-way resumes), --table-only to print.
 
-    python benchmarks/pareto_search.py --seeds 0,1,2 [--part flops|latency] [--trials 60] [--acquisition levels]
+    python benchmarks/pareto_search.py --seeds 0,1,2 [--part flops|latency] [--trials 60]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from yoloprune import api
 from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
 from yoloprune.errors import UserError
-from yoloprune.search.pareto import ParetoHDBO, hypervolume
+from yoloprune.search.pareto import hypervolume
 
 RUNS = Path("benchmarks/runs/pareto_search")
 LIMITS = {"flops": (0.35, 0.5, 0.65), "latency": (1.3, 1.6, 2.0)}
@@ -39,8 +39,6 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--front-top", type=float, default=None,
                         help="bound the front's range to at most this FLOPs share (arm front-topF); default: unbounded")
-    parser.add_argument("--acquisition", default="ehvi", choices=("ehvi", "levels"),
-                        help="the front search's acquisition (ParetoHDBO.acquisition; arm front-levels)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("pareto_search")
@@ -67,11 +65,7 @@ def search(args, data: str, seed: int, unit: str, **budget) -> dict:
 
 
 def run_front(args, data: str, seed: int, unit: str) -> dict:
-    saved, ParetoHDBO.acquisition = ParetoHDBO.acquisition, args.acquisition
-    try:
-        summary = search(args, data, seed, unit, trials=args.trials, pareto=args.part, target_flops=args.front_top)
-    finally:
-        ParetoHDBO.acquisition = saved
+    summary = search(args, data, seed, unit, trials=args.trials, pareto=args.part, target_flops=args.front_top)
     run = Path(summary["run_dir"])
     front = json.loads((run / "front.json").read_text())
     picks = {}
@@ -93,8 +87,7 @@ def run_front(args, data: str, seed: int, unit: str) -> dict:
 
 
 def front_arm(args) -> str:
-    arm = "front" if args.front_top is None else f"front-top{args.front_top}"
-    return arm if args.acquisition == "ehvi" else f"{arm}-{args.acquisition}"
+    return "front" if args.front_top is None else f"front-top{args.front_top}"
 
 
 def run_single(args, data: str, seed: int, limit: float, unit: str) -> dict:

@@ -163,30 +163,3 @@ def test_the_first_bayesian_trial_waits_for_two_results_when_workers_outnumber_t
     assert not strategy.ready(n, in_flight=n) and not strategy.ready(n, in_flight=n - 1)
     assert strategy.ready(n, in_flight=n - 2)
 
-
-def test_levels_acquisition_deepens_each_live_level_in_turn_and_skips_collapsed_ones(space, monkeypatch):
-    from yoloprune.search.pareto import ParetoHDBO
-    from yoloprune.search.strategies import SearchContext
-
-    monkeypatch.setattr(ParetoHDBO, "acquisition", "levels")
-    budget = Budget(space, None, front="flops")
-    strategy = ParetoHDBO(SearchContext(space, budget, {}, seed=0, trials=60))
-    levels = strategy.levels()
-    lo, hi = budget.cost_range()
-    assert len(levels) == 5 and lo < levels[0] and levels[-1] < hi and np.all(np.diff(levels) > 0)
-    rates = strategy.init.copy()
-
-    def score(r: np.ndarray) -> np.ndarray:  # mAP collapses under 40% FLOPs, then rises with cost
-        c = budget.cost(r)
-        return np.where(c < 0.4, 0.0, c - 0.4 + 0.05 * np.cos(7 * r.sum(1)))
-
-    dead = levels < 0.4
-    landed = []
-    for t in range(len(rates), len(rates) + 2 * int((~dead).sum())):
-        new = strategy.propose(rates, score(rates), t)[0]
-        landed.append(float(budget.cost(new[None])[0]))
-        rates = np.vstack([rates, new])
-    live = levels[~dead]
-    nearest = [live[np.argmin(np.abs(live - c))] for c in landed]
-    assert all(c <= lv + 1e-9 and c > lv - 0.06 for c, lv in zip(landed, nearest)), "every proposal sits on a level"
-    assert nearest == list(live) * 2, "live levels in turn; the collapsed ones are skipped"

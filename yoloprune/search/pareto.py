@@ -17,11 +17,6 @@ polishing the least pruned models (measured, benchmarks/README.md). The GP model
 over that uniform curve at the same cost, with the cost as one more input: where nothing was tried
 it expects the uniform curve plus the mean gain seen so far, not the mean mAP of all trials, so the
 search does not chase the collapsed end of the range.
-
-`ParetoHDBO.acquisition = "levels"` deepens a few fixed cost levels instead (the uniform design's levels
-below the top), in turn: each trial is one hdbo step at its level, with the best point at or under that
-cost as incumbent, a trust region of its own, and LogEI on the shared GP; levels whose best keeps less
-than REF_SHARE of the best score (collapsed) are skipped. `benchmarks/pareto_search.py` compares both.
 """
 
 from __future__ import annotations
@@ -29,15 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from yoloprune.search.strategies import (
-    HDBO,
-    N_CANDIDATES,
-    SearchContext,
-    perturb,
-    raw_design,
-    trust_region_length,
-    unseen,
-)
+from yoloprune.search.strategies import HDBO, N_CANDIDATES, SearchContext, perturb, raw_design, unseen
 
 UNIFORM_PHASE = "uniform"
 # Candidates: a front has ~20 points to improve where a single search has one incumbent, so 3 in 4 of twice hdbo's
@@ -114,7 +101,6 @@ class ParetoHDBO(HDBO):
     """The front search: hdbo's GP and candidates, each projected onto a level of the cost range, chosen by EHVI."""
 
     name = "pareto"
-    acquisition = "ehvi"  # or "levels" (module docstring)
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
@@ -157,8 +143,6 @@ class ParetoHDBO(HDBO):
             pending_costs = budget.cost(pending)
             costs = np.concatenate([costs, pending_costs])
             values = np.concatenate([values, trend(pending_costs) + mean])
-        if self.acquisition == "levels":
-            return self.deepen_level(model, trend, rates, scores, trial, pending, rng)
         front = non_dominated(costs, values)
         raw, levels = self.front_candidates(rates, scores, costs, front, lo, hi, rng)
         cand = unseen(budget.project(raw, levels=levels), rates, pending)
@@ -167,39 +151,6 @@ class ParetoHDBO(HDBO):
         gain = log_ehvi(model, torch.tensor(self.features(cand), dtype=torch.double), cand_costs, trend(cand_costs),
                         edges, steps_)
         return cand[int(gain.argmax())]
-
-    def levels(self) -> np.ndarray:
-        """The cost levels the "levels" acquisition deepens: the uniform design's, its top (the anchor) left out."""
-        lo, hi = self.ctx.budget.cost_range()
-        n = uniform_count(self.ctx)
-        return lo + (hi - lo) * np.arange(1, n) / n if n > 1 else np.array([(lo + hi) / 2])
-
-    def deepen_level(self, model, trend, rates: np.ndarray, scores: np.ndarray, trial: int,
-                     pending: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        """One hdbo step at the next level in turn: candidates around the best point at or under its cost, inside
-        that level's own trust region (replayed from the trials on the level), projected onto it, by LogEI."""
-        from botorch.acquisition.analytic import LogExpectedImprovement
-
-        budget, levels = self.ctx.budget, self.levels()
-        costs, scores = budget.cost(rates), np.asarray(scores, float)
-        best_under = np.array([scores[costs <= c].max() if (costs <= c).any() else -np.inf for c in levels])
-        alive = np.flatnonzero(best_under >= REF_SHARE * scores.max())
-        k = int(alive[(trial - self.n_init) % len(alive)]) if len(alive) else (trial - self.n_init) % len(levels)
-        level = levels[k]
-        incumbent = int(np.argmax(np.where(costs <= level, scores, -np.inf))) if np.isfinite(best_under[k]) \
-            else int(np.argmin(costs))
-        spacing = levels[1] - levels[0] if len(levels) > 1 else level
-        own = (costs <= level) & (costs > level - spacing / 2)
-        length = trust_region_length(scores[self.n_init:][own[self.n_init:]], rates.shape[1])
-        g, m = rates.shape[1], budget.max_rate
-        local = perturb(np.repeat(rates[incumbent][None], N_CANDIDATES // 2, 0), length, m, rng)
-        raw = np.vstack([local, rng.random((N_CANDIDATES // 2, g)) * m])
-        cand = unseen(budget.project(raw, levels=np.full(len(raw), level)), rates, pending)
-        cand_trend = torch.tensor(trend(budget.cost(cand)), dtype=torch.double)
-        acq = LogExpectedImprovement(model, best_f=(scores[incumbent] - cand_trend)[:, None])
-        with torch.no_grad():
-            values = acq(torch.tensor(self.features(cand), dtype=torch.double)[:, None, :])
-        return cand[int(values.argmax())]
 
     def uniform_curve(self, costs: np.ndarray, scores: np.ndarray, rates: np.ndarray):
         """mAP of uniform rates as a function of cost, from the initial design's uniform trials (made monotone, flat
