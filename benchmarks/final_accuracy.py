@@ -12,8 +12,8 @@ sparsify, recoveries and the fine-tune together, then is scored on 500 test imag
   sparsifyS         S epochs of network slimming, hdbo on the sparsified model, fine-tune E - S epochs
   sparsifyS-distill the same with a distilled fine-tune
   staged            --stages 2, each stage recovered E/2 epochs
---lr0 X trains every stage of every row (sparsify, recoveries, fine-tune) at that initial SGD rate
-(`search --finetune-lr0`); by default at the shipped default for an E-epoch fine-tune. Units at another
+--lr0 X runs every row's recoveries and fine-tune at that initial SGD rate (`search --finetune-lr0`; a
+sparsify stage keeps its own default); by default at the shipped default for an E-epoch fine-tune. Units at another
 rate than 0.002 (the only rate before the default depended on the length) end in /lrX.
 One line per finished unit (model x row x budget x E x seed) in results/final_accuracy.jsonl, with the
 validation curve by epoch of the last fine-tune; rerun to continue, --table-only to print.
