@@ -7,6 +7,7 @@ sparsify, recoveries and the fine-tune together, then is scored on 500 test imag
   uniform           uniform rates at the budget, fine-tuned E epochs
   hdbo              one-shot hdbo search (T trials), best candidate fine-tuned E epochs
   hdbo-auto         the same with --criterion auto (a pruning criterion per group)
+  sensitivity       the peers' method instead of hdbo (a per-group scan, then equal loss per FLOP), T evaluations
   hdbo-distill      the same, the fine-tune distilling from the unpruned model (Ultralytics' weight, dis 6)
   hdbo-distill1     the same with the distillation loss weighted 1 (--distill-weight 1)
   sparsifyS         S epochs of network slimming, hdbo on the sparsified model, fine-tune E - S epochs
@@ -36,8 +37,8 @@ from yoloprune.default.problem import default_dataset
 from yoloprune.training.finetune import default_lr0
 
 CONVERGED = Path(__file__).resolve().parent.parent / "weights" / "yolov8-shapes-converged.pt"
-ROWS = ("reference", "uniform", "hdbo", "hdbo-auto", "hdbo-distill", "hdbo-distill1", "sparsify2", "sparsify2-distill",
-        "sparsify4", "staged")
+ROWS = ("reference", "uniform", "hdbo", "hdbo-auto", "sensitivity", "hdbo-distill", "hdbo-distill1", "sparsify2",
+        "sparsify2-distill", "sparsify4", "staged")
 RUNS = Path("benchmarks/runs/final_accuracy")
 UNSUFFIXED_LR0 = 0.002  # the rate of the units named without /lrX
 
@@ -91,7 +92,7 @@ def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
                "resume": (run / "meta.json").exists(),
                "distill_from": args.weights if distilled else None,
                "distill_weight": float(weight) if weight else None,
-               "strategy": "uniform" if name == "uniform" else "hdbo",
+               "strategy": name if name in ("uniform", "sensitivity") else "hdbo",
                "criterion": "auto" if name == "hdbo-auto" else "bn", "finetune_lr0": args.lr0}
     if name == "staged":
         s = api.search(args.weights, data, args.budget, stages=2, recover_epochs=args.epochs // 2, **options)
