@@ -19,7 +19,7 @@ budget exactly.
 - saas:    the same loop with a MAP-SAAS ensemble GP (sparse axis-aligned subspaces), refit every few trials
 - bocr:    BO over group clusters first, then rolled back to all groups within bounds from the best trials
 - sensitivity: the peers' method: a scan of each group alone, then rates at equal marginal loss per FLOP
-- hdbo-warm: hdbo whose initial design is a coarse sensitivity scan and its allocation (its GP sees the scan)
+- hdbo-warm: hdbo started from the sensitivity scan (half the trials) and its allocation (its GP sees the scan)
 """
 
 from __future__ import annotations
@@ -220,6 +220,7 @@ class BayesianStrategy(Strategy):
     kind = "gp"
     refit_every = 1
     trust_region = True  # half the candidates perturb the incumbent (benchmarks/search_quality.py ablates it)
+    trust_region_start = 0.4  # TuRBO's first side length, as a fraction of the maximum rate
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
@@ -249,8 +250,8 @@ class BayesianStrategy(Strategy):
         if not self.trust_region:
             return rng.random((N_CANDIDATES, g)) * m
         best = rates[self.incumbent(rates, scores)]
-        local = perturb(np.repeat(best[None], N_CANDIDATES // 2, 0), trust_region_length(scores[self.n_init:], g), m,
-                        rng)
+        length = trust_region_length(scores[self.n_init:], g, self.trust_region_start)
+        local = perturb(np.repeat(best[None], N_CANDIDATES // 2, 0), length, m, rng)
         box = rng.random((N_CANDIDATES // 2, g)) * m
         return np.vstack([local, box])
 
@@ -423,13 +424,15 @@ class Sensitivity(Strategy):
 
 
 class WarmHDBO(HDBO):
-    """hdbo warm-started by a coarse scan: blocks of groups at half the maximum rate, then the uniform point
-    and the scan's allocation; the GP is fitted on the scan too (its per-block curves act as a prior), while
-    the incumbent and the improvement target are search results only."""
+    """hdbo warm-started by the sensitivity strategy: a scan of blocks of groups at its LEVELS with a share of
+    the trials, the scan's allocation, then hdbo around it; the GP is fitted on the scan too (its per-block
+    curves act as a prior), while the incumbent and the improvement target are search results only."""
 
     name = "hdbo-warm"
-    levels = (0.5,)
-    min_trials = 8  # a scan of two blocks or more, the uniform point, the allocation and BO trials
+    levels = LEVELS
+    scan_share = 0.5  # of the trials, for the scan (the unpruned point included)
+    trust_region_start = 0.2  # the allocation is a deliberate point: local moves start at half hdbo's
+    min_trials = 8  # a scan of one block or more, the allocation and BO trials
 
     @classmethod
     def evaluations(cls, trials: int, n_groups: int) -> int:
@@ -438,8 +441,8 @@ class WarmHDBO(HDBO):
         return trials
 
     def design(self, ctx: SearchContext) -> np.ndarray:
-        self.plan = plan_scan(ctx.budget, max(3, ctx.trials // 4), self.levels)
-        return np.vstack([self.plan.points, ctx.budget.project(np.zeros((1, len(ctx.space.groups))))])
+        self.plan = plan_scan(ctx.budget, max(len(self.levels) + 1, int(ctx.trials * self.scan_share)), self.levels)
+        return self.plan.points
 
     def next(self, rates: np.ndarray, scores: np.ndarray, t: int, pending: np.ndarray | None) -> np.ndarray:
         return self.allocation(rates, scores) if t == self.n_init else super().next(rates, scores, t, pending)
