@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2 at 50%%, else 0)")
     parser.add_argument("--slice-seed", type=int, default=0)
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="default: the embedded default model")
+    parser.add_argument("--redo", action="store_true",
+                        help="rerun finished units (after a fix); the table reads the newest line of a unit")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = common.UnitLog("search_quality")
@@ -57,7 +59,7 @@ def main() -> None:
                     unit = f"{strategy}/{budget}/{seed}/{args.trials}/slice{args.slice_seed}"
                     if Path(args.weights) != DEFAULT_WEIGHTS:
                         unit = f"{Path(args.weights).stem}/{unit}"
-                    if unit in log.done():
+                    if unit in log.done() and not args.redo:
                         continue
                     run = Path("benchmarks/runs") / unit.replace("/", "-")
                     shutil.rmtree(run, ignore_errors=True)

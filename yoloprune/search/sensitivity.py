@@ -8,8 +8,11 @@ block has a loss curve: loss against rate, interpolated linearly in rate squared
 a parabola) and made monotone. The allocation minimises the summed losses under the budget: for a
 multiplier mu every block takes the rate minimising loss(r) - mu * FLOPs saved(r) (its FLOPs saved with the
 other groups unpruned, exact), and mu is bisected to the smallest value whose realised rates meet the
-budget; the blocks that step at that threshold step one by one, in network order, until it is met. A
-larger mu never lowers a block's rate, so a tighter budget never raises a group's kept channels.
+budget; the blocks that step at that threshold step one by one, in network order, the last one only as far
+as the budget needs (the losses are not convex in the FLOPs saved, so a block may jump from a moderate rate
+to the maximum at one threshold: taken whole, the jump overshot the budget, 43.7% of the FLOPs kept for a
+50% budget on the default model with 6 blocks). A larger mu never lowers a block's rate, and a tighter
+budget only carries the stepping further, so a tighter budget never raises a group's kept channels.
 """
 
 from __future__ import annotations
@@ -93,32 +96,41 @@ def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60
     saved = (1.0 - space.flops_ratio(alone.reshape(-1, g))).reshape(k, GRID)
     loss = loss_curves(plan, scores, np.stack([alone[b][:, block].mean(1) for b, block in enumerate(plan.blocks)]))
 
-    def rates_at(mu: float) -> np.ndarray:
-        value = loss - mu * saved
-        pick = np.argmin(value, axis=1)  # the smallest minimiser: monotone in mu, and no cut a zero loss allows
+    def picks_at(mu: float) -> np.ndarray:
+        return np.argmin(loss - mu * saved, axis=1)  # the smallest minimiser: monotone in mu, no cut a zero loss allows
+
+    def rates_of(picks: np.ndarray) -> np.ndarray:
         rates = np.zeros(g)
         for b, block in enumerate(plan.blocks):
-            rates[block] = alone[b, pick[b], block]
+            rates[block] = alone[b, picks[b], block]
         return rates
 
     hi = 1.0
-    while not budget.feasible(rates_at(hi))[0]:
+    while not budget.feasible(rates_of(picks_at(hi)))[0]:
         hi *= 2.0
         if hi > 1e30:  # infeasible even at the maximum rates (a latency estimate recalibrated since Budget())
             return space.realised_rates(np.full(g, budget.max_rate))[0]  # as Budget.project does
     lo = 0.0
     for _ in range(iters):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if budget.feasible(rates_at(mid))[0] else (mid, hi)
-    # at the threshold several blocks may step at once: move them one by one, stopping once the budget is met
-    rates, target = rates_at(lo), rates_at(hi)
-    for block in plan.blocks:
-        if np.array_equal(rates[block], target[block]):
+        lo, hi = (lo, mid) if budget.feasible(rates_of(picks_at(mid)))[0] else (mid, hi)
+    return step_onto_budget(budget, alone, plan.blocks, picks_at(lo), picks_at(hi), rates_of(picks_at(lo)))
+
+
+def step_onto_budget(budget: Budget, alone: np.ndarray, blocks: list[np.ndarray], picks: np.ndarray,
+                     target: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """At the threshold blocks step from `picks` to `target` (grid indices): one by one in network order, the
+    last one only to the first grid rate of its step that meets the budget."""
+    for b, block in enumerate(blocks):
+        if picks[b] == target[b]:
             continue
-        rates[block] = target[block]
-        if budget.feasible(rates)[0]:
-            return rates
-    return target
+        steps = np.repeat(rates[None], target[b] - picks[b], 0)
+        steps[:, block] = alone[b, picks[b] + 1:target[b] + 1][:, block]
+        ok = budget.feasible(steps)
+        if ok.any():
+            return steps[int(np.argmax(ok))]
+        rates = steps[-1]
+    return rates
 
 
 def scan_report(plan: ScanPlan, names: list[str], scores: np.ndarray) -> dict:
