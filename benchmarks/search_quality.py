@@ -7,9 +7,9 @@ results/search_quality.jsonl; rerun to continue, finished units are skipped.
 `hdbo-box` is the trust-region ablation: hdbo with every acquisition candidate drawn across the whole box
 instead of half of them around the incumbent; `hdbo-auto` is hdbo with --criterion auto. `sensitivity` is the
 peers' per-group scan: at --trials 40 a coarse scan of 12 blocks of groups (38 trials), at --trials 152 every
-group alone (its natural cost on the default problem's 50 groups). `hdbo-warm3` is hdbo-warm as it is now (a
-three-level scan of half the trials, its allocation, then hdbo from there); the `hdbo-warm` rows are its
-first design (a quarter of the trials scanned at one level, then the uniform point). Rows carry the search slice's seed
+group alone (its natural cost on the default problem's 50 groups). The `hdbo-warm3` rows are a second design of
+hdbo-warm, measured and reverted (commit 950c68b: three rates per block over half the trials, the allocation,
+then hdbo with a trust region half as wide); no option runs it now. Rows carry the search slice's seed
 (--slice-seed); rows without one were scored on the first val images (before the slice became a seeded draw)
 and print as "first-N slice".
 """
@@ -30,8 +30,7 @@ from yoloprune.search.strategies import HDBO
 
 VARIANTS = {"hdbo-box": ("hdbo", {}, (HDBO, "trust_region", False)),
             "hdbo-auto": ("hdbo", {"criterion": "auto"}, (None, None, None)),
-            "hdbo-l1": ("hdbo", {"criterion": "l1"}, (None, None, None)),
-            "hdbo-warm3": ("hdbo-warm", {}, (None, None, None))}
+            "hdbo-l1": ("hdbo", {"criterion": "l1"}, (None, None, None))}
 
 SEEDS = {0.5: (0, 1, 2), 0.4: (0,), 0.6: (0,)}
 SEED_FREE = ("uniform", "global", "sensitivity")  # the same run whatever the seed

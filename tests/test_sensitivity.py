@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from ultralytics.nn.tasks import DetectionModel
 from yoloprune.errors import UserError
 from yoloprune.search.budget import Budget
 from yoloprune.search.sensitivity import allocate, loss_curves, plan_scan
-from yoloprune.search.strategies import Sensitivity
+from yoloprune.search.strategies import Sensitivity, auto_strategy
 from yoloprune.structure.groups import analyse
 
 
@@ -126,10 +127,10 @@ def test_warm_hdbo_keeps_results_on_budget(tmp_path, tiny_weights, tiny_data):
     summary = json.loads(out.stdout)
     trials = [json.loads(line) for line in (tmp_path / "exp" / "trials.jsonl").read_text().splitlines()]
     phases = [t["phase"] for t in trials]
-    # half the trials scan (the unpruned model, one block at three rates), then the allocation, then BO
-    assert phases == ["scan"] * 4 + ["hdbo-warm"] * 4
+    # the unpruned model and two blocks at half the maximum rate, the uniform point, the allocation, then BO
+    assert phases == ["scan"] * 3 + ["init"] + ["hdbo-warm"] * 4
     assert all(t["flops_ratio"] <= 0.6 + 1e-9 for t in trials if t["phase"] != "scan")
-    assert summary["best"]["flops_ratio"] <= 0.6 + 1e-9 and summary["best"]["trial"] >= 4
+    assert summary["best"]["flops_ratio"] <= 0.6 + 1e-9 and summary["best"]["trial"] >= 2
 
 
 def test_a_per_group_criterion_ranks_each_group_by_its_own(space):
@@ -172,3 +173,22 @@ def test_layers_criterion_auto_needs_data(tiny_weights):
     out = subprocess.run([sys.executable, "-m", "yoloprune", "layers", "--weights", str(tiny_weights),
                           "--criterion", "auto"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "--data" in out.stderr
+
+
+def test_auto_scans_when_the_trials_afford_twelve_blocks_of_a_flops_budget():
+    assert auto_strategy(38, 50, flops_only=True) == "sensitivity"  # 1 + 12 x 3 + the allocation
+    assert auto_strategy(37, 50, flops_only=True) == auto_strategy(12, 50, flops_only=True) == "hdbo"
+    assert auto_strategy(152, 50, flops_only=False) == "hdbo"  # a latency budget: the scan was not measured there
+    assert auto_strategy(17, 5, flops_only=True) == "sensitivity"  # fewer groups than 12: every group alone
+
+
+def test_auto_resumes_with_the_strategy_the_run_started_with(tmp_path, tiny_weights, tiny_data):
+    from yoloprune.search.config import SearchConfig
+    from yoloprune.search.loop import resolve_strategy
+    from yoloprune.search.store import RunStore
+
+    store = RunStore(tmp_path / "exp")
+    cfg = SearchConfig(str(tiny_weights), str(tiny_data.yaml_path), 0.5, trials=60)
+    assert resolve_strategy(cfg, store, 40) == "sensitivity"
+    store.write_json("meta.json", {"strategy": "hdbo"})  # started before auto was the default
+    assert resolve_strategy(replace(cfg, resume=True), store, 40) == "hdbo"

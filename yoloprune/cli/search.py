@@ -37,11 +37,13 @@ def add_parser(sub) -> None:
     p.add_argument("--latency-models", type=int, default=60,
                    help="pruned models measured to fit the latency model (default 60, a third held out)")
     p.add_argument("--trials", type=int, default=60, help="evaluations, initial design included (default 60)")
-    p.add_argument("--strategy", default="hdbo",
-                   help="hdbo (default), hdbo-warm (hdbo started from a sensitivity scan of half the trials), bocr, "
-                        "saas, random, uniform, global, sensitivity (the peers' per-group scan: scores each group "
-                        "alone at 3 rates, then allocates; scan trials lie off the budget; --trials caps the scan, a "
-                        "scan of every group alone takes 3 x groups + 2)")
+    p.add_argument("--strategy", default="auto",
+                   help="auto (default: sensitivity for a FLOPs budget when --trials affords a scan of 12 blocks "
+                        "of groups, 38 trials on 12 groups or more, else hdbo), hdbo, hdbo-warm (hdbo started from "
+                        "a coarse sensitivity scan), bocr, saas, random, uniform, global, sensitivity "
+                        "(the peers' per-group scan: scores each group alone at 3 rates, then allocates; scan trials "
+                        "lie off the budget; --trials caps the scan, a scan of every group alone takes 3 x groups "
+                        "+ 2)")
     p.add_argument("--val-images", type=int, default=200, help="search slice size (default 200)")
     p.add_argument("--slice-seed", type=int, default=0,
                    help="seed of the search slice, a random draw from val recorded in the run (default 0)")

@@ -12,7 +12,7 @@ from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
 from yoloprune.search.budget import FRONTS
 from yoloprune.search.criteria import CRITERION_CHOICES
 from yoloprune.search.executors import check_parallel
-from yoloprune.search.strategies import STRATEGIES
+from yoloprune.search.strategies import AUTO_STRATEGY, STRATEGIES
 from yoloprune.structure.importance import DEFAULT_CRITERION
 from yoloprune.training.finetune import check_distill_weight
 from yoloprune.training.sparsify import DEFAULT_L1, check_l1
@@ -30,7 +30,7 @@ class SearchConfig:
     latency_threads: int = 1
     latency_models: int = 60
     trials: int = 60
-    strategy: str = "hdbo"
+    strategy: str = AUTO_STRATEGY  # one of STRATEGIES, or resolved per run (strategies.auto_strategy)
     val_images: int = 200
     slice_seed: int = 0  # the search slice is a seeded random draw from val, recorded in the run
     calib_images: int = CALIB_IMAGES
@@ -73,8 +73,8 @@ LATENCY_IDENTITY = ("latency_threads", "latency_models")
 
 def check_config(cfg: SearchConfig) -> None:
     """Refuse, with one UserError line, a configuration that cannot run."""
-    if cfg.strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy '{cfg.strategy}' (choose from {', '.join(STRATEGIES)})")
+    if cfg.strategy not in (AUTO_STRATEGY, *STRATEGIES):
+        raise UserError(f"unknown strategy '{cfg.strategy}' (choose from {AUTO_STRATEGY}, {', '.join(STRATEGIES)})")
     if cfg.trials < 1:
         raise UserError(f"--trials must be >= 1, got {cfg.trials}")
     if cfg.val_images < 1 or cfg.calib_images < 1:
@@ -129,7 +129,8 @@ def check_front(cfg: SearchConfig) -> None:
         raise UserError(f"unknown front '{cfg.pareto}' (choose from {', '.join(FRONTS)})")
     clashes = [flag for flag, on in (("--stages", cfg.stages is not None), ("--sparsify-epochs", cfg.sparsify_epochs),
                                      ("--finetune-epochs", cfg.finetune_epochs), ("--distill", cfg.distill_from),
-                                     ("--strategy", cfg.strategy != "hdbo"), ("--score", cfg.score != DEFAULT_SCORE))
+                                     ("--strategy", cfg.strategy not in (AUTO_STRATEGY, "hdbo")),
+                                     ("--score", cfg.score != DEFAULT_SCORE))
                if on]
     if clashes:
         raise UserError(f"--pareto cannot go with {', '.join(clashes)}: it searches the front in one stage with its "

@@ -30,7 +30,15 @@ from yoloprune.search.executors import CandidateScorer, LocalPool, RayPool, Scor
 from yoloprune.search.pareto import ParetoHDBO, front_summary, non_dominated
 from yoloprune.search.report import classify_regime, plot_front, plot_run, unpruned_map, write_front_report
 from yoloprune.search.store import RunStore, run_dir_for
-from yoloprune.search.strategies import SCAN_PHASE, STRATEGY_CLASSES, SearchContext, make_strategy, on_budget
+from yoloprune.search.strategies import (
+    AUTO_STRATEGY,
+    SCAN_PHASE,
+    STRATEGY_CLASSES,
+    SearchContext,
+    auto_strategy,
+    make_strategy,
+    on_budget,
+)
 from yoloprune.structure.groups import analyse
 from yoloprune.structure.importance import effective_criterion, unit_scores
 from yoloprune.structure.pruner import prune_by_rates
@@ -56,8 +64,11 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     if not str(cfg.data).endswith(".json"):
         check_classes(loaded.model.names, cfg.data)  # before anything is written
     sha = file_sha256(cfg.weights)
-    total = cfg.trials if cfg.pareto else STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials, len(space.groups))
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
+    auto = cfg.strategy == AUTO_STRATEGY and not cfg.pareto
+    if auto:
+        cfg = replace(cfg, strategy=resolve_strategy(cfg, store, len(space.groups)))
+    total = cfg.trials if cfg.pareto else STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials, len(space.groups))
     meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names,
             "weights_resolved": str(Path(cfg.weights).resolve()), "data_resolved": str(Path(cfg.data).resolve())}
     bounded = cfg.max_latency_ms is not None or cfg.min_speedup is not None
@@ -65,6 +76,8 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     old = store.check_identity(meta, IDENTITY + (LATENCY_IDENTITY if timed else ())) if cfg.resume else {}
     if cfg.target_flops is not None:
         Budget(space, cfg.target_flops)  # an impossible FLOPs budget fails before minutes of latency fitting
+    if auto and log:
+        log(f"strategy auto: {cfg.strategy} ({cfg.trials} trials, {len(space.groups)} groups)")
     latency, limit = None, cfg.max_latency_ms
     # a resumed run measures in its first run's unit: old measurements, its latency model and its limit stay valid
     timer = PairedTimer(loaded, space, cfg.latency_threads, reference_ms=old.get("unpruned_latency_ms")) if timed \
@@ -83,6 +96,13 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     finally:
         if timer:
             timer.close()
+
+
+def resolve_strategy(cfg: SearchConfig, store: RunStore, n_groups: int) -> str:
+    """What --strategy auto runs here; a resumed run keeps the strategy it was started with."""
+    if cfg.resume and store.has("meta.json"):
+        return store.read_json("meta.json")["strategy"]
+    return auto_strategy(cfg.trials, n_groups, cfg.max_latency_ms is None and cfg.min_speedup is None)
 
 
 def latency_limit(cfg: SearchConfig, unpruned_ms: float, log=None) -> float:

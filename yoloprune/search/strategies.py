@@ -19,7 +19,8 @@ budget exactly.
 - saas:    the same loop with a MAP-SAAS ensemble GP (sparse axis-aligned subspaces), refit every few trials
 - bocr:    BO over group clusters first, then rolled back to all groups within bounds from the best trials
 - sensitivity: the peers' method: a scan of each group alone, then rates at equal marginal loss per FLOP
-- hdbo-warm: hdbo started from the sensitivity scan (half the trials) and its allocation (its GP sees the scan)
+- hdbo-warm: hdbo whose initial design is a coarse sensitivity scan and its allocation (its GP sees the scan)
+- auto (the default): sensitivity when the trials afford a fine enough scan of a FLOPs budget, else hdbo
 """
 
 from __future__ import annotations
@@ -220,7 +221,6 @@ class BayesianStrategy(Strategy):
     kind = "gp"
     refit_every = 1
     trust_region = True  # half the candidates perturb the incumbent (benchmarks/search_quality.py ablates it)
-    trust_region_start = 0.4  # TuRBO's first side length, as a fraction of the maximum rate
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
@@ -250,8 +250,8 @@ class BayesianStrategy(Strategy):
         if not self.trust_region:
             return rng.random((N_CANDIDATES, g)) * m
         best = rates[self.incumbent(rates, scores)]
-        length = trust_region_length(scores[self.n_init:], g, self.trust_region_start)
-        local = perturb(np.repeat(best[None], N_CANDIDATES // 2, 0), length, m, rng)
+        local = perturb(np.repeat(best[None], N_CANDIDATES // 2, 0), trust_region_length(scores[self.n_init:], g), m,
+                        rng)
         box = rng.random((N_CANDIDATES // 2, g)) * m
         return np.vstack([local, box])
 
@@ -424,15 +424,13 @@ class Sensitivity(Strategy):
 
 
 class WarmHDBO(HDBO):
-    """hdbo warm-started by the sensitivity strategy: a scan of blocks of groups at its LEVELS with a share of
-    the trials, the scan's allocation, then hdbo around it; the GP is fitted on the scan too (its per-block
-    curves act as a prior), while the incumbent and the improvement target are search results only."""
+    """hdbo warm-started by a coarse scan: blocks of groups at half the maximum rate, then the uniform point
+    and the scan's allocation; the GP is fitted on the scan too (its per-block curves act as a prior), while
+    the incumbent and the improvement target are search results only."""
 
     name = "hdbo-warm"
-    levels = LEVELS
-    scan_share = 0.5  # of the trials, for the scan (the unpruned point included)
-    trust_region_start = 0.2  # the allocation is a deliberate point: local moves start at half hdbo's
-    min_trials = 8  # a scan of one block or more, the allocation and BO trials
+    levels = (0.5,)
+    min_trials = 8  # a scan of two blocks or more, the uniform point, the allocation and BO trials
 
     @classmethod
     def evaluations(cls, trials: int, n_groups: int) -> int:
@@ -441,8 +439,8 @@ class WarmHDBO(HDBO):
         return trials
 
     def design(self, ctx: SearchContext) -> np.ndarray:
-        self.plan = plan_scan(ctx.budget, max(len(self.levels) + 1, int(ctx.trials * self.scan_share)), self.levels)
-        return self.plan.points
+        self.plan = plan_scan(ctx.budget, max(3, ctx.trials // 4), self.levels)
+        return np.vstack([self.plan.points, ctx.budget.project(np.zeros((1, len(ctx.space.groups))))])
 
     def next(self, rates: np.ndarray, scores: np.ndarray, t: int, pending: np.ndarray | None) -> np.ndarray:
         return self.allocation(rates, scores) if t == self.n_init else super().next(rates, scores, t, pending)
@@ -451,6 +449,16 @@ class WarmHDBO(HDBO):
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     s.name: s for s in (HDBO, BOCR, SAAS, RandomSearch, Uniform, GlobalThreshold, Sensitivity, WarmHDBO)}
 STRATEGIES = tuple(STRATEGY_CLASSES)
+AUTO_STRATEGY = "auto"
+AUTO_SCAN_BLOCKS = 12  # the coarsest scan measured ahead of hdbo at equal evaluations (benchmarks/README.md)
+
+
+def auto_strategy(trials: int, n_groups: int, flops_only: bool) -> str:
+    """`--strategy auto`: the sensitivity scan for a FLOPs budget when `trials` afford a scan of at least
+    AUTO_SCAN_BLOCKS blocks of groups (or of every group alone), else hdbo. Measured on the default model: at
+    38-152 evaluations the scan led hdbo at 40/50/60% FLOPs; at 12 and 20 (3 and 6 blocks) hdbo led."""
+    blocks = scan_size(n_groups, trials - 1, len(LEVELS))
+    return Sensitivity.name if flops_only and blocks >= min(n_groups, AUTO_SCAN_BLOCKS) else HDBO.name
 
 
 def make_strategy(name: str, space: PruneSpace, budget: Budget, unit_scores: dict[int, float], seed: int,
