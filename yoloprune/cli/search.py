@@ -16,13 +16,14 @@ def add_parser(sub) -> None:
     from yoloprune.training.finetune import LR0_HELP
     from yoloprune.training.sparsify import DEFAULT_L1
 
-    p = sub.add_parser("search", help="Bayesian optimisation of per-group prune rates under a FLOPs and/or "
-                                      "latency budget",
+    p = sub.add_parser("search", help="per-group prune rates (Bayesian optimisation or a sensitivity scan) under a "
+                                      "FLOPs and/or latency budget",
                        epilog="Recommended path to a model to ship: --target-flops F --finetune-epochs 10 (one-shot "
-                              "hdbo, then 10 fine-tune epochs at lr0 0.01, the default for that length; measured on a "
-                              "small converged model at 50% FLOPs: 0.8 mAP50-95 points under the unpruned model given "
-                              "the same 10 epochs, benchmarks/README.md). --sparsify-epochs and --distill are built "
-                              "but have not beaten it yet.")
+                              "search, then 10 fine-tune epochs at lr0 0.01, the default for that length; measured "
+                              "with --strategy hdbo --trials 40 on a small converged model at 50% FLOPs: 0.8 mAP50-95 "
+                              "points under the unpruned model given the same 10 epochs, benchmarks/README.md; the "
+                              "default auto strategy's sensitivity scan, ahead before fine-tuning, is not yet measured "
+                              "after it). --sparsify-epochs and --distill are built but have not beaten it yet.")
     add_common(p)
     p.add_argument("--data", required=True, help="Ultralytics dataset YAML (search slice from val, final check "
                    "from test if present, BN calibration from calib or train)")

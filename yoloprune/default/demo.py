@@ -40,7 +40,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda 
     space = api.analyse(loaded)
     log(f"{len(space.groups)} prunable groups, {api.prunable_flops_share(space):.0%} of conv FLOPs prunable")
 
-    log(f"searching per-group rates at {DEMO_TARGET_FLOPS:.0%} FLOPs ({p['trials']} trials, hdbo)")
+    log(f"searching per-group rates at {DEMO_TARGET_FLOPS:.0%} FLOPs ({p['trials']} trials)")
     summary = api.search(DEFAULT_WEIGHTS, data.yaml_path, DEMO_TARGET_FLOPS, trials=p["trials"],
                          val_images=p["val_images"], calib_images=p["calib_images"], project=str(out / "search"),
                          device=device,
