@@ -114,7 +114,8 @@ def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60
     for _ in range(iters):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if budget.feasible(rates_of(picks_at(mid)))[0] else (mid, hi)
-    return step_onto_budget(budget, alone, plan.blocks, picks_at(lo), picks_at(hi), rates_of(picks_at(lo)))
+    below = picks_at(lo)
+    return step_onto_budget(budget, alone, plan.blocks, below, picks_at(hi), rates_of(below))
 
 
 def step_onto_budget(budget: Budget, alone: np.ndarray, blocks: list[np.ndarray], picks: np.ndarray,

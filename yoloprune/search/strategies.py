@@ -407,8 +407,13 @@ class Sensitivity(Strategy):
     levels = LEVELS
 
     @classmethod
+    def scan_blocks(cls, trials: int, n_groups: int) -> int:
+        """Blocks of groups the scan of a run of `trials` trials takes (one trial is left for the allocation)."""
+        return scan_size(n_groups, trials - 1, len(cls.levels))
+
+    @classmethod
     def evaluations(cls, trials: int, n_groups: int) -> int:
-        blocks = scan_size(n_groups, trials - 1, len(cls.levels))
+        blocks = cls.scan_blocks(trials, n_groups)
         if blocks < 1:
             raise UserError(f"--strategy {cls.name} needs --trials >= {len(cls.levels) + 2} (the unpruned model, "
                             f"one block at {len(cls.levels)} rates, the allocation); a scan of every group alone "
@@ -457,8 +462,8 @@ def auto_strategy(trials: int, n_groups: int, flops_only: bool) -> str:
     """`--strategy auto`: the sensitivity scan for a FLOPs budget when `trials` afford a scan of at least
     AUTO_SCAN_BLOCKS blocks of groups (or of every group alone), else hdbo. Measured on the default model: at
     38-152 evaluations the scan led hdbo at 40/50/60% FLOPs; at 12 and 20 (3 and 6 blocks) hdbo led."""
-    blocks = scan_size(n_groups, trials - 1, len(LEVELS))
-    return Sensitivity.name if flops_only and blocks >= min(n_groups, AUTO_SCAN_BLOCKS) else HDBO.name
+    fine_enough = Sensitivity.scan_blocks(trials, n_groups) >= min(n_groups, AUTO_SCAN_BLOCKS)
+    return Sensitivity.name if flops_only and fine_enough else HDBO.name
 
 
 def make_strategy(name: str, space: PruneSpace, budget: Budget, unit_scores: dict[int, float], seed: int,
