@@ -1,7 +1,8 @@
 """One front search against one search per budget, at the same total number of trials (issue: Pareto front).
 
 On the default problem, per seed:
-  front     `search --pareto flops --trials N`, then `pick` at each budget (re-scored on 500 test images)
+  front     `search --pareto flops --trials N --strategy hdbo|sensitivity`, then `pick` at each budget (re-scored
+            on 500 test images; on a scan front pick also scores the scan's allocation at the limit)
   single    `search --target-flops B --trials N/3` at each of the budgets (its best, on the same 500 images)
 and, with --part latency, the same against --min-speedup searches (`pick --min-speedup S`, measured here).
 Both point sets are also compared by hypervolume on the search slice (reference: all FLOPs kept, mAP 0;
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=60, help="the front's trials; each single search gets a third")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--strategy", default="hdbo", choices=("hdbo", "sensitivity"),
+                        help="the front's strategy (arm front, or front-sensitivity); single searches run hdbo")
     parser.add_argument("--front-top", type=float, default=None,
                         help="bound the front's range to at most this FLOPs share (arm front-topF); default: unbounded")
     parser.add_argument("--table-only", action="store_true")
@@ -45,7 +48,7 @@ def main() -> None:
     if not args.table_only:
         data = str(default_dataset().yaml_path)
         for seed in map(int, args.seeds.split(",")):
-            unit = f"{args.part}/{front_arm(args)}/T{args.trials}/s{seed}"
+            unit = f"{args.part}/{front_arm(args)}/T{args.trials}" + ("" if deterministic(args) else f"/s{seed}")
             if unit not in log.done():
                 log.append(unit, run_front(args, data, seed, unit))
                 print(unit, "done", flush=True)
@@ -65,7 +68,8 @@ def search(args, data: str, seed: int, unit: str, **budget) -> dict:
 
 
 def run_front(args, data: str, seed: int, unit: str) -> dict:
-    summary = search(args, data, seed, unit, trials=args.trials, pareto=args.part, target_flops=args.front_top)
+    summary = search(args, data, seed, unit, trials=args.trials, pareto=args.part, target_flops=args.front_top,
+                     strategy=args.strategy)
     run = Path(summary["run_dir"])
     front = json.loads((run / "front.json").read_text())
     picks = {}
@@ -82,17 +86,24 @@ def run_front(args, data: str, seed: int, unit: str) -> dict:
     else:
         points = [{"cost": p["latency_ms_est"] / summary["unpruned_latency_ms"], "score": p["score"]}
                   for p in front["points"]]
-    return {"part": args.part, "arm": front_arm(args), "seed": seed, "trials": summary["trials"], "picks": picks,
+    return {"part": args.part, "arm": front_arm(args), "seed": None if deterministic(args) else seed,
+            "trials": summary["trials"], "picks": picks,
             "points": points, "uniform": front["uniform"], "search_seconds": summary["search_seconds"]}
 
 
+def deterministic(args) -> bool:
+    """A scan front does not depend on the seed: one unit stands for every seed."""
+    return args.strategy == "sensitivity"
+
+
 def front_arm(args) -> str:
-    return "front" if args.front_top is None else f"front-top{args.front_top}"
+    arm = "front" if args.strategy == "hdbo" else f"front-{args.strategy}"
+    return arm if args.front_top is None else f"{arm}-top{args.front_top}"
 
 
 def run_single(args, data: str, seed: int, limit: float, unit: str) -> dict:
     kind = {"target_flops": limit} if args.part == "flops" else {"min_speedup": limit}
-    summary = search(args, data, seed, unit, trials=args.trials // 3, **kind)
+    summary = search(args, data, seed, unit, trials=args.trials // 3, strategy="hdbo", **kind)
     trials = [json.loads(line) for line in (Path(summary["run_dir"]) / "trials.jsonl").read_text().splitlines()]
     if args.part == "flops":
         points = [{"cost": t["flops_ratio"], "score": t["score"]} for t in trials]
@@ -114,6 +125,8 @@ def print_table(rows: dict, part: str, trials: int, arm: str) -> None:
     fronts = {r["seed"]: r for r in rows.values() if r["part"] == part and r["arm"] == arm
               and r["trials"] == trials}
     singles = [r for r in rows.values() if r["part"] == part and r["arm"] == "single" and r["trials"] == trials // 3]
+    if None in fronts:  # a deterministic front: the same for every seed
+        fronts = {r["seed"]: fronts[None] for r in singles}
     print(f"{part}: {arm} search x{trials} vs one search x{trials // 3} per limit; final check, 500 test images")
     print(f"{'limit':>6} {'front pick':>18} {'single search':>18} {'seeds':>6}")
 

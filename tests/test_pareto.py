@@ -163,3 +163,74 @@ def test_the_first_bayesian_trial_waits_for_two_results_when_workers_outnumber_t
     assert not strategy.ready(n, in_flight=n) and not strategy.ready(n, in_flight=n - 1)
     assert strategy.ready(n, in_flight=n - 2)
 
+
+
+def scan_front_run(space, trials: int, seed: int, target_flops=None):
+    """Every proposal of a scan front fed a smooth synthetic score (a loss per group, quadratic in its rate)."""
+    from yoloprune.search.pareto import ScanFront
+    from yoloprune.search.strategies import SearchContext
+
+    weight = np.random.default_rng(0).random(len(space.groups))
+    strategy = ScanFront(SearchContext(space, Budget(space, target_flops, front="flops"), {}, seed, trials))
+    rates, phases = np.zeros((0, len(space.groups))), []
+    for t in range(trials):
+        r, phase = strategy.propose(rates, 1.0 - (weight * rates ** 2).sum(1) / len(weight), t)
+        rates, phases = np.vstack([rates, r]), phases + [phase]
+    return strategy, rates, np.array(phases)
+
+
+def test_a_scan_front_scans_then_allocates_at_rising_levels_each_on_its_own(space):
+    strategy, rates, phases = scan_front_run(space, trials=30, seed=0)
+    n_scan = len(strategy.plan.points)
+    assert (phases[:n_scan] == "scan").all() and (phases[n_scan:n_scan + 2] == "uniform").all()
+    alloc = phases == "sensitivity"
+    assert alloc.sum() == 30 - n_scan - 2 == len(strategy.levels) >= 4
+    costs = space.flops_ratio(rates[alloc])
+    lo, hi = Budget(space, None, front="flops").cost_range()
+    assert lo < strategy.levels[0] and strategy.levels[-1] < hi, "unbounded: the unpruned top is the scan's own"
+    assert (costs <= strategy.levels + 1e-9).all() and (costs > strategy.levels - 0.05).all()
+    assert (np.diff(rates[alloc], axis=0) <= 1e-9).all(), "a higher level never keeps fewer channels of a group"
+    again = scan_front_run(space, trials=30, seed=7)[1]
+    assert np.array_equal(rates, again), "the scan front is deterministic: the seed changes nothing"
+
+    bounded, rates, phases = scan_front_run(space, trials=30, seed=0, target_flops=0.6)
+    top = Budget(space, 0.6, front="flops").cost_range()[1]
+    assert bounded.levels[-1] == pytest.approx(top) and (space.flops_ratio(rates[phases != "scan"]) <= 0.6).all()
+
+
+def test_auto_runs_a_scan_front_for_flops_when_the_trials_afford_twelve_blocks():
+    from yoloprune.search.pareto import ScanFront, auto_front_strategy
+
+    assert ScanFront.scan_blocks(60, 50) >= 12 and auto_front_strategy(60, 50, "flops") == "sensitivity"
+    assert auto_front_strategy(40, 50, "flops") == "hdbo" and auto_front_strategy(60, 50, "latency") == "hdbo"
+    with pytest.raises(UserError, match="--trials >= 10"):
+        ScanFront.evaluations(9, 50)
+
+
+@pytest.mark.slow
+def test_a_scan_front_resumes_and_pick_takes_the_better_of_its_point_and_the_allocation_at_the_limit(
+        tmp_path, default_problem):
+    weights, data = default_problem
+    cmd = front_cmd(weights, data.yaml_path, tmp_path, "--name", "s", "--json", "--strategy", "sensitivity",
+                    "--trials", "10")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["strategy"] == "sensitivity" and (tmp_path / "s" / "sensitivity.json").exists()
+    log = tmp_path / "s" / "trials.jsonl"
+    trials = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [t["phase"] for t in trials] == ["scan"] * 4 + ["uniform"] * 2 + ["sensitivity"] * 4
+    log.write_text("\n".join(log.read_text().splitlines()[:6]) + "\n")  # killed before its allocations
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [json.loads(line)["rates"] for line in log.read_text().splitlines()] == [t["rates"] for t in trials]
+
+    limit = 0.5
+    picked = subprocess.run(pick_cmd(tmp_path / "s", tmp_path / "m.pt", "--target-flops", str(limit)),
+                            capture_output=True, text=True, timeout=600)
+    assert picked.returncode == 0, picked.stderr[-2000:]
+    r = json.loads(picked.stdout)
+    best = max((t for t in trials if t["flops_ratio"] <= limit), key=lambda t: t["score"])
+    assert r["flops_ratio"] <= limit and r["search_map50_95"] >= best["map50_95"]
+    assert (r["trial"] is None) == (r["search_map50_95"] > best["map50_95"]), "a trial unless the allocation beat it"
+    assert "the scan's allocation at 50.0%" in picked.stderr
+    YOLO(str(tmp_path / "m.pt"))

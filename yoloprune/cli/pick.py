@@ -33,7 +33,8 @@ def run(args) -> None:
                  min_speedup=args.min_speedup, finetune_epochs=args.finetune_epochs,
                  latency_threads=args.latency_threads, device=args.device, log=log_to_stderr)
     emit(args, r, [
-        f"picked      trial {r['trial']} of {r['run_dir']}: FLOPs kept {r['flops_ratio']:.1%}"
+        ("picked      " + (f"trial {r['trial']}" if r["trial"] is not None else "the scan's allocation at the limit")
+         + f" of {r['run_dir']}: FLOPs kept {r['flops_ratio']:.1%}")
         + (f", {r['measured_latency_ms']:.2f} ms measured ({r['latency_threads']} thread(s), unpruned "
            f"{r['unpruned_latency_ms']:.2f} ms)" if r["measured_latency_ms"] is not None else ""),
         f"mAP50-95    {r['search_map50_95']:.4f} on the search slice, {r['final_check_map50_95']:.4f} on "

@@ -12,6 +12,7 @@ from yoloprune.evaluation.scores import CALIB_IMAGES, DEFAULT_SCORE, SCORES
 from yoloprune.search.budget import FRONTS
 from yoloprune.search.criteria import CRITERION_CHOICES
 from yoloprune.search.executors import check_parallel
+from yoloprune.search.pareto import FRONT_STRATEGIES
 from yoloprune.search.strategies import AUTO_STRATEGY, STRATEGIES
 from yoloprune.structure.importance import DEFAULT_CRITERION
 from yoloprune.training.finetune import check_distill_weight
@@ -129,11 +130,11 @@ def check_front(cfg: SearchConfig) -> None:
         raise UserError(f"unknown front '{cfg.pareto}' (choose from {', '.join(FRONTS)})")
     clashes = [flag for flag, on in (("--stages", cfg.stages is not None), ("--sparsify-epochs", cfg.sparsify_epochs),
                                      ("--finetune-epochs", cfg.finetune_epochs), ("--distill", cfg.distill_from),
-                                     ("--strategy", cfg.strategy not in (AUTO_STRATEGY, "hdbo")),
+                                     ("--strategy", cfg.strategy not in (AUTO_STRATEGY, *FRONT_STRATEGIES)),
                                      ("--score", cfg.score != DEFAULT_SCORE))
                if on]
     if clashes:
-        raise UserError(f"--pareto cannot go with {', '.join(clashes)}: it searches the front in one stage with its "
-                        f"own acquisition (EHVI) on mAP; prune and fine-tune a point of it with `yoloprune pick`")
+        raise UserError(f"--pareto cannot go with {', '.join(clashes)}: it searches the front in one stage (--strategy "
+                        f"auto, hdbo or sensitivity) on mAP; prune and fine-tune a point of it with `yoloprune pick`")
     if cfg.trials < 8:
         raise UserError(f"--pareto needs --trials >= 8 (a front from fewer points says little), got {cfg.trials}")

@@ -27,7 +27,13 @@ from yoloprune.search.budget import Budget
 from yoloprune.search.config import IDENTITY, LATENCY_IDENTITY, SearchConfig, check_config
 from yoloprune.search.criteria import AUTO, choose_criteria
 from yoloprune.search.executors import CandidateScorer, LocalPool, RayPool, ScorerSpec
-from yoloprune.search.pareto import ParetoHDBO, front_summary, non_dominated
+from yoloprune.search.pareto import (
+    FRONT_STRATEGIES,
+    auto_front_strategy,
+    front_summary,
+    make_front_strategy,
+    non_dominated,
+)
 from yoloprune.search.report import classify_regime, plot_front, plot_run, unpruned_map, write_front_report
 from yoloprune.search.store import RunStore, run_dir_for
 from yoloprune.search.strategies import (
@@ -65,10 +71,11 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         check_classes(loaded.model.names, cfg.data)  # before anything is written
     sha = file_sha256(cfg.weights)
     store = RunStore(run_dir_for(cfg.project, cfg.name, cfg.resume))
-    auto = cfg.strategy == AUTO_STRATEGY and not cfg.pareto
+    auto = cfg.strategy == AUTO_STRATEGY
     if auto:
         cfg = replace(cfg, strategy=resolve_strategy(cfg, store, len(space.groups)))
-    total = cfg.trials if cfg.pareto else STRATEGY_CLASSES[cfg.strategy].evaluations(cfg.trials, len(space.groups))
+    total = FRONT_STRATEGIES[cfg.strategy] if cfg.pareto else STRATEGY_CLASSES[cfg.strategy]
+    total = total.evaluations(cfg.trials, len(space.groups))  # too few trials for the strategy: refused here
     meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names,
             "weights_resolved": str(Path(cfg.weights).resolve()), "data_resolved": str(Path(cfg.data).resolve())}
     bounded = cfg.max_latency_ms is not None or cfg.min_speedup is not None
@@ -102,6 +109,8 @@ def resolve_strategy(cfg: SearchConfig, store: RunStore, n_groups: int) -> str:
     """What --strategy auto runs here; a resumed run keeps the strategy it was started with."""
     if cfg.resume and store.has("meta.json"):
         return store.read_json("meta.json")["strategy"]
+    if cfg.pareto:
+        return auto_front_strategy(cfg.trials, n_groups, cfg.pareto)
     return auto_strategy(cfg.trials, n_groups, cfg.max_latency_ms is None and cfg.min_speedup is None)
 
 
@@ -127,8 +136,8 @@ def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer
                                slice_seed=cfg.slice_seed, device=resolve_device(cfg.device))
     cfg = replace(cfg, criterion=_criterion(cfg, loaded, space, evaluator, store, log))
     scores = unit_scores(space, cfg.criterion)
-    strategy = ParetoHDBO(SearchContext(space, budget, scores, cfg.seed, cfg.trials)) if cfg.pareto else \
-        make_strategy(cfg.strategy, space, budget, scores, cfg.seed, cfg.trials)
+    strategy = make_front_strategy(cfg.strategy, SearchContext(space, budget, scores, cfg.seed, cfg.trials)) \
+        if cfg.pareto else make_strategy(cfg.strategy, space, budget, scores, cfg.seed, cfg.trials)
     regime = None
     trials = store.trials()
     fit = budget.latency
@@ -284,7 +293,7 @@ def _finish_front(cfg, space, trials, store: RunStore, search_seconds: float, bu
     """front.json (every non-dominated trial, its cost by the final latency estimate), its plot and report."""
     front = front_summary(trials, budget, space)
     store.write_json("front.json", front)
-    summary = {"run_dir": str(store.dir), "strategy": ParetoHDBO.name, "pareto": cfg.pareto, "criterion":
+    summary = {"run_dir": str(store.dir), "strategy": cfg.strategy, "pareto": cfg.pareto, "criterion":
                cfg.criterion, "target_flops": cfg.target_flops, "max_latency_ms": budget.max_latency_ms,
                "trials": len(trials), "slice_seed": cfg.slice_seed, "score": cfg.score,
                "front_points": len(front["points"]), "hypervolume": front["hypervolume"],

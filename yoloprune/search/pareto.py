@@ -24,7 +24,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from yoloprune.search.strategies import HDBO, N_CANDIDATES, SearchContext, perturb, raw_design, unseen
+from yoloprune.errors import UserError
+from yoloprune.search.sensitivity import LEVELS, allocate, plan_scan, scan_scores, scan_size
+from yoloprune.search.strategies import (
+    AUTO_SCAN_BLOCKS,
+    HDBO,
+    N_CANDIDATES,
+    SCAN_PHASE,
+    SearchContext,
+    Strategy,
+    perturb,
+    raw_design,
+    unseen,
+)
 
 UNIFORM_PHASE = "uniform"
 # Candidates: a front has ~20 points to improve where a single search has one incumbent, so 3 in 4 of twice hdbo's
@@ -92,6 +104,11 @@ def log_ehvi(model, x: torch.Tensor, costs: np.ndarray, trend: np.ndarray, edges
     return torch.logsumexp(torch.stack(terms, 1), 1)
 
 
+def spread_levels(lo: float, hi: float, n: int, top: bool = True) -> np.ndarray:
+    """n costs evenly spread over (lo, hi], or over (lo, hi) without the `top`."""
+    return lo + (hi - lo) * (np.arange(n) + 1.0) / (n + (0 if top else 1))
+
+
 def uniform_count(ctx: SearchContext) -> int:
     """How many of the initial design's points are uniform rates (at evenly spread levels)."""
     return max(2, ctx.n_init // 2)
@@ -110,7 +127,7 @@ class ParetoHDBO(HDBO):
     def design(ctx: SearchContext) -> np.ndarray:
         lo, hi = ctx.budget.cost_range()
         n_uniform = uniform_count(ctx)
-        levels = lo + (hi - lo) * (np.arange(n_uniform) + 1.0) / n_uniform  # the top: the least pruning in range
+        levels = spread_levels(lo, hi, n_uniform)  # the top: the least pruning in range
         uniform = ctx.budget.project(np.zeros((n_uniform, len(ctx.space.groups))), levels=levels)
         others = raw_design(ctx)[1: 1 + ctx.n_init - n_uniform]  # the guided point, then Sobol points
         sobol = torch.quasirandom.SobolEngine(1, scramble=True, seed=ctx.seed + 1).draw(len(others)).numpy()[:, 0]
@@ -178,6 +195,72 @@ class ParetoHDBO(HDBO):
         box = rng.random((n_box, g)) * m
         return np.vstack([local, box]), np.concatenate([local_levels, lo + (hi - lo) * rng.random(n_box)])
 
+
+
+class ScanFront(Strategy):
+    """The front from one sensitivity scan (`--pareto flops --strategy sensitivity`): each block of groups scored
+    alone at LEVELS of the maximum rate, a few uniform-rate points (the curve the front is drawn against), then the
+    scan's allocation (sensitivity.py) at evenly spread levels of the cost range, one trial each. Where hdbo's
+    front spreads its trials' climbing over the whole axis, the scan's loss curves serve every level at once.
+    Deterministic: the seed changes nothing."""
+
+    name = "sensitivity"
+    min_allocations = 4
+
+    @classmethod
+    def shares(cls, trials: int) -> tuple[int, int]:
+        """(uniform points, trials at most for the scan) of a front of `trials` trials; the rest are allocations."""
+        uniform = max(2, trials // 15)
+        return uniform, trials - uniform - max(cls.min_allocations, trials // 4)
+
+    @classmethod
+    def scan_blocks(cls, trials: int, n_groups: int) -> int:
+        return scan_size(n_groups, cls.shares(trials)[1], len(LEVELS))
+
+    @classmethod
+    def evaluations(cls, trials: int, n_groups: int) -> int:
+        if cls.scan_blocks(trials, n_groups) < 1:
+            raise UserError(f"--pareto with --strategy {cls.name} needs --trials >= 10 (a scan of one block, two "
+                            f"uniform points, {cls.min_allocations} allocations), got {trials}")
+        return trials
+
+    def design(self, ctx: SearchContext) -> np.ndarray:
+        uniform, scan = self.shares(ctx.trials)
+        self.plan = plan_scan(ctx.budget, scan)
+        lo, hi = ctx.budget.cost_range()
+        bounded = ctx.budget.target is not None or ctx.budget.max_latency_ms is not None
+        # unbounded, the top of the range is the unpruned model: the scan's first point already
+        self.levels = spread_levels(lo, hi, ctx.trials - uniform - len(self.plan.points), top=bounded)
+        points = ctx.budget.project(np.zeros((uniform, len(ctx.space.groups))),
+                                    levels=spread_levels(lo, hi, uniform, top=bounded))
+        return np.vstack([self.plan.points, points])
+
+    def propose(self, rates: np.ndarray, scores: np.ndarray, t: int,
+                pending: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        if t < len(self.init):
+            return self.init[t], SCAN_PHASE if t < len(self.plan.points) else UNIFORM_PHASE
+        return self.next(rates, scores, t, pending), self.name
+
+    def next(self, rates: np.ndarray, scores: np.ndarray, t: int, pending: np.ndarray | None) -> np.ndarray:
+        return allocate(self.ctx.budget, self.plan, scan_scores(self.plan, rates, scores),
+                        level=float(self.levels[t - len(self.init)]))
+
+
+FRONT_STRATEGIES: dict[str, type[Strategy]] = {HDBO.name: ParetoHDBO, ScanFront.name: ScanFront}
+
+
+def auto_front_strategy(trials: int, n_groups: int, front: str) -> str:
+    """`--strategy auto` for a front: the scan for a FLOPs front when `trials` afford the scan `auto` asks of a
+    single search (strategies.auto_strategy), else hdbo's EHVI; a latency front's scan is not measured."""
+    fine_enough = ScanFront.scan_blocks(trials, n_groups) >= min(n_groups, AUTO_SCAN_BLOCKS)
+    return ScanFront.name if front == "flops" and fine_enough else HDBO.name
+
+
+def make_front_strategy(name: str, ctx: SearchContext) -> Strategy:
+    """The front strategy called `name` (a key of FRONT_STRATEGIES); ctx.trials must be what --trials asks."""
+    cls = FRONT_STRATEGIES[name]
+    cls.evaluations(ctx.trials, len(ctx.space.groups))
+    return cls(ctx)
 
 def front_summary(trials: list[dict], budget, space) -> dict:
     """front.json: the non-dominated trials with their rates, mAP and costs (latency by the final estimate), the

@@ -1,7 +1,9 @@
 """`yoloprune pick`: the best point of a front search within a limit, pruned by its recorded rates, recalibrated,
 re-checked on the final-check images and saved as a stock checkpoint (optionally fine-tuned).
 
-A FLOPs limit is read off the trials (on a FLOPs front, the best trial within it is a front point).
+A FLOPs limit is read off the trials (on a FLOPs front, the best trial within it is a front point); on a
+scan front (`--strategy sensitivity`) the scan's allocation at exactly the limit is scored too, and the better
+of the two is taken.
 A latency limit is measured, as the latency search does (ONNX Runtime, paired with the unpruned
 model): along the front, ordered by cost, a bisection measures about log2(points) models and returns
 the most accurate one that measured within the limit (it assumes latency grows along the front,
@@ -20,6 +22,7 @@ from yoloprune.errors import UserError
 from yoloprune.evaluation.evaluator import TrialEvaluator
 from yoloprune.latency.model import PairedTimer
 from yoloprune.search.criteria import AUTO
+from yoloprune.search.pareto import ScanFront
 from yoloprune.search.store import RunStore
 from yoloprune.structure.groups import analyse
 from yoloprune.structure.pruner import prune_by_rates
@@ -81,6 +84,10 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
     loaded = load(meta["weights"], meta["imgsz"])
     space = analyse(loaded.model, loaded.imgsz, meta["round_to"])
     points, measured_ms, unpruned_ms, threads = front["points"], None, None, None
+    criterion = store.read_json("criteria.json") if meta["criterion"] == AUTO else meta["criterion"]
+    evaluator = TrialEvaluator(meta["data"], loaded.model.names, loaded.imgsz, meta["val_images"],
+                               meta["calib_images"], recalibrate=meta["recalibrate"], score=meta["score"],
+                               reference=loaded.model, slice_seed=meta["slice_seed"], device=device)
     if target_flops is not None:
         trials = store.trials()
         within = [t for t in trials if t["flops_ratio"] <= target_flops]
@@ -89,6 +96,8 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
             raise UserError(f"no trial keeps at most {target_flops:.1%} of the FLOPs: the cheapest, trial "
                             f"{low['trial']}, keeps {low['flops_ratio']:.1%} (mAP50-95 {low['map50_95']:.4f})")
         best = max(within, key=lambda t: t["score"])
+        if meta["strategy"] == ScanFront.name and meta["pareto"] == "flops" and not timed_bound(meta):
+            best = best_of_allocation(best, target_flops, meta, trials, loaded, space, criterion, evaluator, log)
     else:
         threads = latency_threads or meta["latency_threads"]
         timer = PairedTimer(loaded, space, threads)
@@ -99,11 +108,7 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
                                                log)
         finally:
             timer.close()
-    criterion = store.read_json("criteria.json") if meta["criterion"] == AUTO else meta["criterion"]
     result = prune_by_rates(loaded.model, space, best["rates"], criterion)
-    evaluator = TrialEvaluator(meta["data"], loaded.model.names, loaded.imgsz, meta["val_images"],
-                               meta["calib_images"], recalibrate=meta["recalibrate"], slice_seed=meta["slice_seed"],
-                               device=device)
     final = evaluator.final_check(result.model.to(evaluator.device))  # recalibrates BN: the saved model keeps it
     result.model.cpu()
     saved = save_pruned(result.model, loaded, out, {**result.provenance(), "front": str(store.dir),
@@ -123,6 +128,42 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
         payload.update({"finetuned": str(tuned), "finetune_epochs": finetune_epochs,
                         "finetuned_final_check_map50_95": after.map50_95})
     return payload
+
+
+def timed_bound(meta: dict) -> bool:
+    """Whether a run's range was bounded by latency (its allocation would need the run's latency model)."""
+    return meta.get("max_latency_ms") is not None or meta.get("min_speedup") is not None
+
+
+def best_of_allocation(best: dict, target_flops: float, meta: dict, trials: list[dict], loaded, space, criterion,
+                       evaluator: TrialEvaluator, log: Callable[[str], None] | None = None) -> dict:
+    """On a scan front (`--strategy sensitivity`), the scan's allocation at exactly `target_flops` (the front's
+    points lie at levels spread over its range, up to one level's spacing under the limit), scored on the
+    search slice like a trial: the better of it and the best trial within the limit (`trial` None for it)."""
+    import numpy as np
+
+    from yoloprune.search.budget import Budget
+    from yoloprune.search.executors import CandidateScorer, ScorerSpec
+    from yoloprune.search.sensitivity import allocate, scan_scores
+    from yoloprune.search.strategies import SearchContext
+
+    budget = Budget(space, meta["target_flops"], front="flops")  # the search's bound, if any
+    plan = ScanFront(SearchContext(space, budget, {}, meta["seed"], meta["trials"])).plan
+    history = np.array([space.rates_vector(t["rates"]) for t in trials])
+    found = scan_scores(plan, history, np.array([t["score"] for t in trials], float))
+    if found is None:  # a run whose scan never finished has no allocation to offer
+        return best
+    rates = dict(zip(space.names, map(float, allocate(budget, plan, found, level=target_flops))))
+    spec = ScorerSpec(meta["weights"], meta["data"], loaded.imgsz, meta["round_to"], criterion, meta["val_images"],
+                      meta["calib_images"], meta["recalibrate"], meta["score"], meta["slice_seed"], evaluator.device)
+    scored = CandidateScorer(spec, loaded, space, evaluator)(rates)
+    flops = float(space.flops_ratio(space.rates_vector(rates)[None])[0])
+    if log:
+        log(f"the scan's allocation at {target_flops:.1%}: {flops:.1%} of the FLOPs, score {scored['score']:.4f} "
+            f"(best trial within the limit: {best['trial']}, {best['flops_ratio']:.1%}, {best['score']:.4f})")
+    if scored["score"] <= best["score"]:
+        return best
+    return {"trial": None, "rates": rates, "flops_ratio": flops, **scored}
 
 
 def fastest_within(points: list[dict], limit: float, measure: Callable[[dict], float],

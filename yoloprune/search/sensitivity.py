@@ -18,6 +18,7 @@ budget only carries the stepping further, so a tighter budget never raises a gro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -84,9 +85,16 @@ def loss_curves(plan: ScanPlan, scores: np.ndarray, x: np.ndarray) -> np.ndarray
     return curves
 
 
-def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60) -> np.ndarray:
-    """Realised rates (G,) at equal marginal loss per FLOP saved, on the budget (see the module docstring)."""
+def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60,
+             level: float | None = None) -> np.ndarray:
+    """Realised rates (G,) at equal marginal loss per FLOP saved, on the budget (see the module docstring); with
+    `level`, on that cost of a front search's axis as well (Budget.feasible's levels)."""
     space = budget.space
+
+    def meets(rates: np.ndarray) -> np.ndarray:
+        rates = np.atleast_2d(rates)
+        return budget.feasible(rates, None if level is None else np.full(len(rates), level))
+
     k, g = len(plan.blocks), len(space.groups)
     grid = np.linspace(0.0, budget.max_rate, GRID)
     alone = np.zeros((k, GRID, g))
@@ -106,28 +114,28 @@ def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60
         return rates
 
     hi = 1.0
-    while not budget.feasible(rates_of(picks_at(hi)))[0]:
+    while not meets(rates_of(picks_at(hi)))[0]:
         hi *= 2.0
         if hi > 1e30:  # infeasible even at the maximum rates (a latency estimate recalibrated since Budget())
             return space.realised_rates(np.full(g, budget.max_rate))[0]  # as Budget.project does
     lo = 0.0
     for _ in range(iters):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if budget.feasible(rates_of(picks_at(mid)))[0] else (mid, hi)
+        lo, hi = (lo, mid) if meets(rates_of(picks_at(mid)))[0] else (mid, hi)
     below = picks_at(lo)
-    return step_onto_budget(budget, alone, plan.blocks, below, picks_at(hi), rates_of(below))
+    return step_onto_budget(meets, alone, plan.blocks, below, picks_at(hi), rates_of(below))
 
 
-def step_onto_budget(budget: Budget, alone: np.ndarray, blocks: list[np.ndarray], picks: np.ndarray,
-                     target: np.ndarray, rates: np.ndarray) -> np.ndarray:
+def step_onto_budget(meets: Callable[[np.ndarray], np.ndarray], alone: np.ndarray, blocks: list[np.ndarray],
+                     picks: np.ndarray, target: np.ndarray, rates: np.ndarray) -> np.ndarray:
     """At the threshold blocks step from `picks` to `target` (grid indices): one by one in network order, the
-    last one only to the first grid rate of its step that meets the budget."""
+    last one only to the first grid rate of its step that `meets` the budget (rows (B, G) -> (B,) bool)."""
     for b, block in enumerate(blocks):
         if picks[b] == target[b]:
             continue
         steps = np.repeat(rates[None], target[b] - picks[b], 0)
         steps[:, block] = alone[b, picks[b] + 1:target[b] + 1][:, block]
-        ok = budget.feasible(steps)
+        ok = meets(steps)
         if ok.any():
             return steps[int(np.argmax(ok))]
         rates = steps[-1]
