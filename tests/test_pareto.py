@@ -140,6 +140,7 @@ def test_front_bad_input_is_one_line_and_exit_2(tmp_path, tiny_weights, tiny_dat
     for cmd, message in [
         (front_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--stages", "2"), "--pareto cannot go with --stages"),
         (front_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--strategy", "random"), "--strategy"),
+        (front_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--strategy", "sensitivity"), "--trials >= 10"),
         (front_cmd(tiny_weights, tiny_data.yaml_path, tmp_path, "--finetune-epochs", "2"), "--finetune-epochs"),
         (pick_cmd(run, tmp_path / "m.pt", "--target-flops", "0.5"), "holds no front"),
         (pick_cmd(tmp_path / "nothing", tmp_path / "m.pt", "--target-flops", "0.5"), "no search run"),
