@@ -145,7 +145,18 @@ def print_table(rows: dict, part: str, trials: int, arm: str) -> None:
         if len({r["limit"] for r in singles if r["seed"] == seed}) == len(LIMITS[part]):
             ref = 1.0
             print(f"seed {seed}: hypervolume on the search slice, front {area(f['points'], ref):.4f} "
-                  f"({len(f['points'])} points), three single searches pooled {area(pooled, ref):.4f}")
+                  f"({len(f['points'])} points), three single searches pooled {area(pooled, ref):.4f}; "
+                  f"{above_uniform(f)}")
+
+
+def above_uniform(front: dict) -> str:
+    """How many front points (within the uniform trials' cost range) score at least the uniform-rate curve
+    there (linear between the uniform trials, made monotone)."""
+    uniform = sorted(front["uniform"], key=lambda u: u["cost"])
+    xs, ys = [u["cost"] for u in uniform], np.maximum.accumulate([u["score"] for u in uniform])
+    inside = [p for p in front["points"] if xs and xs[0] <= p["cost"] <= xs[-1]]
+    above = sum(p["score"] >= np.interp(p["cost"], xs, ys) for p in inside)
+    return f"front at or above the uniform-rate curve at {above} of {len(inside)} points in its range"
 
 
 if __name__ == "__main__":
