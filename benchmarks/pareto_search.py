@@ -68,8 +68,8 @@ def search(args, data: str, seed: int, unit: str, **budget) -> dict:
 
 
 def run_front(args, data: str, seed: int, unit: str) -> dict:
-    summary = search(args, data, seed, unit, trials=args.trials, pareto=args.part, target_flops=args.front_top,
-                     strategy=args.strategy)
+    summary = search(args, data, 0 if deterministic(args) else seed, unit, trials=args.trials, pareto=args.part,
+                     target_flops=args.front_top, strategy=args.strategy)
     run = Path(summary["run_dir"])
     front = json.loads((run / "front.json").read_text())
     picks = {}

@@ -13,7 +13,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune.errors import UserError
 from yoloprune.search.budget import Budget
-from yoloprune.search.pareto import hypervolume, log_ehvi, non_dominated, steps
+from yoloprune.search.pareto import front_summary, hypervolume, log_ehvi, non_dominated, steps
 from yoloprune.search.pick import fastest_within
 from yoloprune.structure.groups import analyse
 
@@ -102,6 +102,9 @@ def test_front_search_resumes_identically_and_pick_saves_the_best_point_within_t
     trials = [json.loads(line) for line in log.read_text().splitlines()]
     assert [t["phase"] for t in trials[:2]] == ["uniform", "uniform"] and trials[-1]["phase"] == "pareto"
     log.write_text("\n".join(log.read_text().splitlines()[:5]) + "\n")  # a run killed after 5 trials
+    meta = json.loads((tmp_path / "f" / "meta.json").read_text())
+    assert meta["strategy"] == "hdbo"
+    (tmp_path / "f" / "meta.json").write_text(json.dumps({**meta, "strategy": "auto"}))  # as runs before the scan front
     again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = [json.loads(line) for line in log.read_text().splitlines()]
@@ -195,15 +198,22 @@ def test_a_scan_front_scans_then_allocates_at_rising_levels_each_on_its_own(spac
     assert np.array_equal(rates, again), "the scan front is deterministic: the seed changes nothing"
 
     bounded, rates, phases = scan_front_run(space, trials=30, seed=0, target_flops=0.6)
-    top = Budget(space, 0.6, front="flops").cost_range()[1]
-    assert bounded.levels[-1] == pytest.approx(top) and (space.flops_ratio(rates[phases != "scan"]) <= 0.6).all()
+    budget = Budget(space, 0.6, front="flops")
+    assert bounded.levels[-1] == pytest.approx(budget.cost_range()[1])
+    assert (space.flops_ratio(rates[phases != "scan"]) <= 0.6).all()
+    trials = [{"trial": t, "phase": p, "rates": dict(zip(space.names, r)), "score": 1.0 - r.mean(),
+               "map50_95": 1.0 - r.mean(), "map50": 1.0, "flops_ratio": float(space.flops_ratio(r[None])[0])}
+              for t, (p, r) in enumerate(zip(phases, rates))]
+    points = front_summary(trials, budget, space)["points"]
+    assert points and all(p["flops_ratio"] <= 0.6 for p in points), "the scan's probes above the bound are no points"
 
 
 def test_auto_runs_a_scan_front_for_flops_when_the_trials_afford_twelve_blocks():
     from yoloprune.search.pareto import ScanFront, auto_front_strategy
 
-    assert ScanFront.scan_blocks(60, 50) >= 12 and auto_front_strategy(60, 50, "flops") == "sensitivity"
-    assert auto_front_strategy(40, 50, "flops") == "hdbo" and auto_front_strategy(60, 50, "latency") == "hdbo"
+    assert ScanFront.scan_blocks(53, 50) == 12 and auto_front_strategy(53, 50, flops_only=True) == "sensitivity"
+    assert auto_front_strategy(52, 50, flops_only=True) == "hdbo"
+    assert auto_front_strategy(60, 50, flops_only=False) == "hdbo", "latency: the scan front is not measured there"
     with pytest.raises(UserError, match="--trials >= 10"):
         ScanFront.evaluations(9, 50)
 

@@ -40,12 +40,13 @@ def add_parser(sub) -> None:
     p.add_argument("--trials", type=int, default=60, help="evaluations, initial design included (default 60)")
     p.add_argument("--strategy", default="auto",
                    help="auto (default: sensitivity for a FLOPs budget when --trials affords a scan of 12 blocks "
-                        "of groups, 38 trials on 12 groups or more, else hdbo; for --pareto flops the same from 60 "
-                        "trials, else hdbo's EHVI front), hdbo, hdbo-warm (hdbo started from "
-                        "a coarse sensitivity scan), bocr, saas, random, uniform, global, sensitivity "
-                        "(the peers' per-group scan: scores each group alone at 3 rates, then allocates; scan trials "
-                        "lie off the budget; --trials caps the scan, a scan of every group alone takes 3 x groups "
-                        "+ 2)")
+                        "of groups, 38 trials on 12 groups or more, else hdbo; for --pareto flops the same besides "
+                        "the front's allocations, 53 trials on 12 groups or more, else hdbo's EHVI front), hdbo, "
+                        "hdbo-warm (hdbo started from a coarse sensitivity scan), bocr, saas, random, uniform, global, "
+                        "sensitivity (the peers' per-group scan: scores each group alone at 3 rates, then "
+                        "allocates; scan trials lie off the budget; --trials caps the scan, a scan of every group "
+                        "alone takes 3 x groups + 2; for --pareto, the scan front: scan, uniform points, "
+                        "allocations along the range)")
     p.add_argument("--val-images", type=int, default=200, help="search slice size (default 200)")
     p.add_argument("--slice-seed", type=int, default=0,
                    help="seed of the search slice, a random draw from val recorded in the run (default 0)")
@@ -102,7 +103,7 @@ def add_parser(sub) -> None:
                    help="search the whole front of mAP against FLOPs kept or estimated ONNX Runtime latency in one run "
                         "(front.json, front.png, report.html), then take models from it with `yoloprune pick`; "
                         "--target-flops / --max-latency-ms / --min-speedup then bound the front's range. By "
-                        "--strategy sensitivity (auto's choice for a FLOPs front of 60 trials) one scan serves every "
+                        "--strategy sensitivity (auto's choice for a FLOPs front from 53 trials) one scan serves every "
                         "budget; measured ahead of one hdbo search per budget at 35/50/65%% FLOPs")
     p.add_argument("--ray-address", default=None,
                    help="HOST:PORT of a running Ray cluster to join (default: a private local instance for the run); "

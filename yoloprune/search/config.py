@@ -125,7 +125,7 @@ def check_config(cfg: SearchConfig) -> None:
 
 
 def check_front(cfg: SearchConfig) -> None:
-    """A front search (--pareto) is one-shot and has its own acquisition; its budgets only bound the front."""
+    """A front search (--pareto) is one-shot, by its own strategies (pareto.py); its budgets only bound the front."""
     if cfg.pareto not in FRONTS:
         raise UserError(f"unknown front '{cfg.pareto}' (choose from {', '.join(FRONTS)})")
     clashes = [flag for flag, on in (("--stages", cfg.stages is not None), ("--sparsify-epochs", cfg.sparsify_epochs),

@@ -1,6 +1,9 @@
-"""One search for the whole accuracy-cost front (`search --pareto flops|latency`).
+"""One search for the whole accuracy-cost front (`search --pareto flops|latency`), by one of two strategies.
 
-The cost (FLOPs kept, or the latency model's estimate) is an exact function of the rates, so only
+`sensitivity` (ScanFront, at the end of this module): one per-group scan whose loss curves serve every level
+of the cost axis; the allocation (sensitivity.py) is evaluated at evenly spread levels.
+
+`hdbo` (ParetoHDBO): the cost (FLOPs kept, or the latency model's estimate) is an exact function of the rates, so only
 mAP is modelled, by a BoTorch GP as in hdbo. For a deterministic cost the expected hypervolume
 improvement of a candidate at cost c has a closed form. The current front is a staircase h(z) (the
 best mAP at cost <= z, at least the reference mAP); the candidate adds the integral over z in
@@ -28,6 +31,7 @@ from yoloprune.errors import UserError
 from yoloprune.search.sensitivity import LEVELS, allocate, plan_scan, scan_scores, scan_size
 from yoloprune.search.strategies import (
     AUTO_SCAN_BLOCKS,
+    AUTO_STRATEGY,
     HDBO,
     N_CANDIDATES,
     SCAN_PHASE,
@@ -246,14 +250,17 @@ class ScanFront(Strategy):
                         level=float(self.levels[t - len(self.init)]))
 
 
-FRONT_STRATEGIES: dict[str, type[Strategy]] = {HDBO.name: ParetoHDBO, ScanFront.name: ScanFront}
+# a front run recorded before `auto` chose between the two (its meta says "auto") ran hdbo: it resumes as such
+FRONT_STRATEGIES: dict[str, type[Strategy]] = {HDBO.name: ParetoHDBO, ScanFront.name: ScanFront,
+                                               AUTO_STRATEGY: ParetoHDBO}
 
 
-def auto_front_strategy(trials: int, n_groups: int, front: str) -> str:
-    """`--strategy auto` for a front: the scan for a FLOPs front when `trials` afford the scan `auto` asks of a
-    single search (strategies.auto_strategy), else hdbo's EHVI; a latency front's scan is not measured."""
+def auto_front_strategy(trials: int, n_groups: int, flops_only: bool) -> str:
+    """`--strategy auto` for a front: the scan for a FLOPs front without a latency bound when `trials` afford the
+    scan `auto` asks of a single search (strategies.auto_strategy) besides the allocations, else hdbo's EHVI (the
+    scan is not measured on latency)."""
     fine_enough = ScanFront.scan_blocks(trials, n_groups) >= min(n_groups, AUTO_SCAN_BLOCKS)
-    return ScanFront.name if front == "flops" and fine_enough else HDBO.name
+    return ScanFront.name if flops_only and fine_enough else HDBO.name
 
 
 def make_front_strategy(name: str, ctx: SearchContext) -> Strategy:
@@ -262,9 +269,13 @@ def make_front_strategy(name: str, ctx: SearchContext) -> Strategy:
     cls.evaluations(ctx.trials, len(ctx.space.groups))
     return cls(ctx)
 
+
 def front_summary(trials: list[dict], budget, space) -> dict:
-    """front.json: the non-dominated trials with their rates, mAP and costs (latency by the final estimate), the
-    uniform-rate trials beside them, and the hypervolume up to the range's upper end."""
+    """front.json: the non-dominated trials (a scan front's probes only within the range's bounds) with their
+    rates, mAP and costs (latency by the final estimate), the uniform-rate trials beside them, and the
+    hypervolume up to the range's upper end."""
+    inside = budget.feasible(np.array([space.rates_vector(t["rates"]) for t in trials]))
+    trials = [t for t, ok in zip(trials, inside) if ok or t["phase"] != SCAN_PHASE]
     rates = np.array([space.rates_vector(t["rates"]) for t in trials])
     costs, scores = budget.cost(rates), np.array([t["score"] for t in trials], float)
     latency = budget.latency.predict(space, rates) if budget.latency else [None] * len(trials)

@@ -4,7 +4,7 @@ Every strategy, the baselines included, is a `Strategy`: `propose(rates, scores,
 returns trial t's rates and its phase label; `evaluations(trials, groups)` says how many trials
 it takes (one for the deterministic baselines, whatever --trials asks). Scan trials (phase
 `scan`, the sensitivity strategies' probes of one group at a time) lie off the budget: they
-inform the strategy but are never a search result.
+inform the strategy but are never a single search's result (a front search keeps them as points).
 
 Every strategy returns rates already projected onto the FLOPs budget (budget.py), so the
 models only ever see realised, feasible points. The Bayesian ones are BoTorch end to end:
