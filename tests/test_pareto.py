@@ -169,13 +169,14 @@ def test_the_first_bayesian_trial_waits_for_two_results_when_workers_outnumber_t
 
 
 
-def scan_front_run(space, trials: int, seed: int, target_flops=None):
+def scan_front_run(space, trials: int, seed: int, target_flops=None, budget=None):
     """Every proposal of a scan front fed a smooth synthetic score (a loss per group, quadratic in its rate)."""
     from yoloprune.search.pareto import ScanFront
     from yoloprune.search.strategies import SearchContext
 
     weight = np.random.default_rng(0).random(len(space.groups))
-    strategy = ScanFront(SearchContext(space, Budget(space, target_flops, front="flops"), {}, seed, trials))
+    budget = budget or Budget(space, target_flops, front="flops")
+    strategy = ScanFront(SearchContext(space, budget, {}, seed, trials))
     rates, phases = np.zeros((0, len(space.groups))), []
     for t in range(trials):
         r, phase = strategy.propose(rates, 1.0 - (weight * rates ** 2).sum(1) / len(weight), t)
@@ -206,6 +207,19 @@ def test_a_scan_front_scans_then_allocates_at_rising_levels_each_on_its_own(spac
               for t, (p, r) in enumerate(zip(phases, rates))]
     points = front_summary(trials, budget, space)["points"]
     assert points and all(p["flops_ratio"] <= 0.6 for p in points), "the scan's probes above the bound are no points"
+
+
+def test_a_scan_front_on_latency_allocates_onto_each_ms_level(space):
+    from yoloprune.latency.model import LatencyModel
+
+    levels = sorted(set(space.conv_area.tolist()))  # ms = 0.5 + 3 x GFLOPs + 0.2 x output volume (M), per level
+    latency = LatencyModel({"threads": 1}, levels, [0.5] + [3.0, 0.2] * len(levels), 0.05, {})
+    budget = Budget(space, None, latency=latency, front="latency")
+    strategy, rates, phases = scan_front_run(space, trials=30, seed=0, budget=budget)
+    alloc = phases == "sensitivity"
+    ms = latency.predict(space, rates[alloc])
+    assert (ms <= strategy.levels + 1e-9).all() and (ms > strategy.levels - 0.05 * np.ptp(budget.cost_range())).all()
+    assert (np.diff(rates[alloc], axis=0) <= 1e-9).all()
 
 
 def test_auto_runs_a_scan_front_for_flops_when_the_trials_afford_twelve_blocks():

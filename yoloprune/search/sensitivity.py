@@ -1,18 +1,18 @@
 """Per-group sensitivity, the peers' method (FastNAS, AIMET, NetAdapt): score each group alone at a few rates,
 then allocate rates to meet the budget. A baseline strategy, and hdbo's warm start.
 
-The scan prunes one *block* of groups at a time (each group its own block when the trial budget allows
-levels x groups evaluations, else contiguous blocks in network order) at fractions of the maximum rate,
-recalibrated and scored like any trial. With the unpruned model's score (the scan's first point), each
-block has a loss curve: loss against rate, interpolated linearly in rate squared (a one-level scan reads as
-a parabola) and made monotone. The allocation minimises the summed losses under the budget: for a
-multiplier mu every block takes the rate minimising loss(r) - mu * FLOPs saved(r) (its FLOPs saved with the
-other groups unpruned, exact), and mu is bisected to the smallest value whose realised rates meet the
-budget; the blocks that step at that threshold step one by one, in network order, the last one only as far
-as the budget needs (the losses are not convex in the FLOPs saved, so a block may jump from a moderate rate
-to the maximum at one threshold: taken whole, the jump overshot the budget, 43.7% of the FLOPs kept for a
-50% budget on the default model with 6 blocks). A larger mu never lowers a block's rate, and a tighter
-budget only carries the stepping further, so a tighter budget never raises a group's kept channels.
+The scan prunes one *block* of groups at a time (each group its own block when the trial budget allows levels
+x groups evaluations, else contiguous blocks in network order) at fractions of the maximum rate, recalibrated
+and scored like any trial. With the unpruned model's score (the scan's first point), each block has a loss
+curve: loss against rate, interpolated linearly in rate squared (a one-level scan reads as a parabola) and
+made monotone. The allocation minimises the summed losses under the budget: for a multiplier mu every block
+takes the rate minimising loss(r) - mu * FLOPs saved(r) (its FLOPs saved with the other groups unpruned,
+exact; on a latency front, the estimated ms saved), and mu is bisected to the smallest value whose realised
+rates meet the budget; the blocks that step at that threshold step one by one, in network order, the last one
+only as far as the budget needs (the losses are not convex in the FLOPs saved, so a block may jump from a
+moderate rate to the maximum at one threshold: taken whole, the jump overshot the budget, 43.7% of the FLOPs
+kept for a 50% budget on the default model with 6 blocks). A larger mu never lowers a block's rate, and a
+tighter budget only carries the stepping further, so a tighter budget never raises a group's kept channels.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def allocate(budget: Budget, plan: ScanPlan, scores: np.ndarray, iters: int = 60
     for b, block in enumerate(plan.blocks):
         alone[b][:, block] = grid[:, None]
     alone = space.realised_rates(alone.reshape(-1, g)).reshape(k, GRID, g)
-    saved = (1.0 - space.flops_ratio(alone.reshape(-1, g))).reshape(k, GRID)
+    axis = budget.cost if budget.front else budget.ratio  # a front's own cost (FLOPs or ms); FLOPs for one budget
+    saved = (axis(np.zeros((1, g)))[0] - axis(alone.reshape(-1, g))).reshape(k, GRID)
     loss = loss_curves(plan, scores, np.stack([alone[b][:, block].mean(1) for b, block in enumerate(plan.blocks)]))
 
     def picks_at(mu: float) -> np.ndarray:
