@@ -78,6 +78,9 @@ def main() -> None:
                                   "final_map50": test.map50, **result, "wall_seconds": time.perf_counter() - t0})
                 print(unit, round(test.map50_95, 4), flush=True)
     print_table(log.done(), model, args.budget, args.epochs, args.lr0)
+    plot = plot_curves(log.done(), model, args.budget, args.epochs, args.lr0)
+    if plot:
+        print("curves:", plot)
 
 
 def run_row(row: str, seed: int, args, data: str, run: Path) -> dict:
@@ -112,14 +115,20 @@ def lr_suffix(lr0: float) -> str:
     return "" if lr0 == UNSUFFIXED_LR0 else f"/lr{lr0:g}"
 
 
+def matching(rows: dict, model: str, name: str, budget: float, epochs: int, lr0: float) -> list[dict]:
+    """The finished units of one row at this budget (the reference's at 1.0), E and rate, by seed."""
+    wanted = 1.0 if name == "reference" else budget
+    return sorted((r for r in rows.values() if (r["model"], r["row"], r["budget"], r["epochs"],
+                                                 r.get("lr0", UNSUFFIXED_LR0)) == (model, name, wanted, epochs, lr0)),
+                  key=lambda r: r["seed"])
+
+
 def print_table(rows: dict, model: str, budget: float, epochs: int, lr0: float) -> None:
     print(f"{model}: {budget:.0%} FLOPs, E = {epochs} epochs, fine-tune lr0 {lr0:g}; "
           "final-check mAP50-95 on 500 test images")
+
     def finals(name: str) -> list[float]:
-        wanted = 1.0 if name == "reference" else budget
-        return [r["final_map50_95"] for r in rows.values()
-                if (r["model"], r["row"], r["budget"], r["epochs"], r.get("lr0", UNSUFFIXED_LR0))
-                == (model, name, wanted, epochs, lr0)]
+        return [r["final_map50_95"] for r in matching(rows, model, name, budget, epochs, lr0)]
 
     ref = finals("reference")
     print(f"{'row':<20}{'seeds':>6}{'mean':>8}{'std':>8}{'vs ref':>8}  per seed")
@@ -130,6 +139,36 @@ def print_table(rows: dict, model: str, budget: float, epochs: int, lr0: float) 
             print(f"{name:<20}{len(v):>6}{np.mean(v):>8.4f}{np.std(v):>8.4f}{gap:>8}  "
                   + " ".join(f"{x:.4f}" for x in v))
 
+
+def plot_curves(rows: dict, model: str, budget: float, epochs: int, lr0: float) -> Path | None:
+    """Validation mAP50-95 against the epoch of every row's last fine-tune (one line per seed), as a PNG beside
+    the results; None when no unit of this setting recorded a curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = 0
+    for i, name in enumerate(ROWS):
+        for r in matching(rows, model, name, budget, epochs, lr0):
+            curve = r.get("curve") or []
+            if len(curve) == epochs:  # a staged or sparsify row's last fine-tune is shorter than E
+                ax.plot(range(1, epochs + 1), curve, marker="o", ms=3, color=f"C{i}",
+                        label=f"{name} (seed {r['seed']}): {r['final_map50_95']:.4f} on test")
+                drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="fine-tune epoch", ylabel="val mAP50-95 (Ultralytics)",
+           title=f"{model}, {budget:.0%} FLOPs, E = {epochs}, lr0 {lr0:g}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = common.RESULTS / f"final_accuracy_curves_{model}_b{budget}_E{epochs}_lr{lr0:g}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 if __name__ == "__main__":
     main()
