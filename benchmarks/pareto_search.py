@@ -81,14 +81,14 @@ def run_front(args, data: str, seed: int, unit: str) -> dict:
                                                    "measured_latency_ms", "unpruned_latency_ms")}
         except UserError as e:  # reported, not hidden: the front did not reach this limit
             picks[str(limit)] = {"error": str(e)}
-    if args.part == "flops":
-        points = [{"cost": p["flops_ratio"], "score": p["score"]} for p in front["points"]]
-    else:
-        points = [{"cost": p["latency_ms_est"] / summary["unpruned_latency_ms"], "score": p["score"]}
-                  for p in front["points"]]
+    # costs as a share of the unpruned model: FLOPs kept, or estimated ms over its measured ms
+    per_ms = 1.0 if args.part == "flops" else 1.0 / summary["unpruned_latency_ms"]
+    key = "flops_ratio" if args.part == "flops" else "latency_ms_est"
+    points = [{"cost": p[key] * per_ms, "score": p["score"]} for p in front["points"]]
     return {"part": args.part, "arm": front_arm(args), "seed": None if deterministic(args) else seed,
             "trials": summary["trials"], "picks": picks,
-            "points": points, "uniform": front["uniform"], "search_seconds": summary["search_seconds"]}
+            "points": points, "uniform": [{**u, "cost": u["cost"] * per_ms} for u in front["uniform"]],
+            "search_seconds": summary["search_seconds"]}
 
 
 def deterministic(args) -> bool:
