@@ -222,12 +222,12 @@ def test_a_scan_front_on_latency_allocates_onto_each_ms_level(space):
     assert (np.diff(rates[alloc], axis=0) <= 1e-9).all()
 
 
-def test_auto_runs_a_scan_front_for_flops_when_the_trials_afford_twelve_blocks():
+def test_auto_runs_a_scan_front_when_the_trials_afford_twelve_blocks():
     from yoloprune.search.pareto import ScanFront, auto_front_strategy
 
-    assert ScanFront.scan_blocks(53, 50) == 12 and auto_front_strategy(53, 50, flops_only=True) == "sensitivity"
-    assert auto_front_strategy(52, 50, flops_only=True) == "hdbo"
-    assert auto_front_strategy(60, 50, flops_only=False) == "hdbo", "latency: the scan front is not measured there"
+    assert ScanFront.scan_blocks(53, 50) == 12 and auto_front_strategy(53, 50) == "sensitivity"
+    assert auto_front_strategy(52, 50) == "hdbo"
+    assert auto_front_strategy(23, 5) == "sensitivity", "fewer groups than 12: a scan of every group alone"
     with pytest.raises(UserError, match="--trials >= 10"):
         ScanFront.evaluations(9, 50)
 

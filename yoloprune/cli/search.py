@@ -40,8 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--trials", type=int, default=60, help="evaluations, initial design included (default 60)")
     p.add_argument("--strategy", default="auto",
                    help="auto (default: sensitivity for a FLOPs budget when --trials affords a scan of 12 blocks "
-                        "of groups, 38 trials on 12 groups or more, else hdbo; for --pareto flops the same besides "
-                        "the front's allocations, 53 trials on 12 groups or more, else hdbo's EHVI front), hdbo, "
+                        "of groups, 38 trials on 12 groups or more, else hdbo; for --pareto the same besides the "
+                        "front's allocations, 53 trials on 12 groups or more, else hdbo's EHVI front), hdbo, "
                         "hdbo-warm (hdbo started from a coarse sensitivity scan), bocr, saas, random, uniform, global, "
                         "sensitivity (the peers' per-group scan: scores each group alone at 3 rates, then "
                         "allocates; scan trials lie off the budget; --trials caps the scan, a scan of every group "
@@ -103,8 +103,8 @@ def add_parser(sub) -> None:
                    help="search the whole front of mAP against FLOPs kept or estimated ONNX Runtime latency in one run "
                         "(front.json, front.png, report.html), then take models from it with `yoloprune pick`; "
                         "--target-flops / --max-latency-ms / --min-speedup then bound the front's range. By "
-                        "--strategy sensitivity (auto's choice for a FLOPs front from 53 trials) one scan serves every "
-                        "budget; measured ahead of one hdbo search per budget at 35/50/65%% FLOPs")
+                        "--strategy sensitivity (auto's choice from 53 trials) one scan serves every budget; measured "
+                        "ahead of one hdbo search per budget at 35/50/65%% FLOPs and 1.3/1.6/2.0x speedup")
     p.add_argument("--ray-address", default=None,
                    help="HOST:PORT of a running Ray cluster to join (default: a private local instance for the run); "
                         "its nodes must see --weights and --data at the same paths")

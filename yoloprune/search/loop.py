@@ -109,10 +109,9 @@ def resolve_strategy(cfg: SearchConfig, store: RunStore, n_groups: int) -> str:
     """What --strategy auto runs here; a resumed run keeps the strategy it was started with."""
     if cfg.resume and store.has("meta.json"):
         return store.read_json("meta.json")["strategy"]
-    flops_only = cfg.max_latency_ms is None and cfg.min_speedup is None
     if cfg.pareto:
-        return auto_front_strategy(cfg.trials, n_groups, flops_only and cfg.pareto == "flops")
-    return auto_strategy(cfg.trials, n_groups, flops_only)
+        return auto_front_strategy(cfg.trials, n_groups)
+    return auto_strategy(cfg.trials, n_groups, cfg.max_latency_ms is None and cfg.min_speedup is None)
 
 
 def latency_limit(cfg: SearchConfig, unpruned_ms: float, log=None) -> float:
