@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
                               "search, by the default auto strategy a sensitivity scan, then 10 fine-tune epochs at "
                               "lr0 0.01, the default for that length; measured with 40 trials on a small converged "
                               "model at 50% FLOPs: 0.5 mAP50-95 points under the unpruned model given the same 10 "
-                              "epochs, hdbo 0.8; benchmarks/README.md). --sparsify-epochs and --distill are "
-                              "built but have not beaten it yet.")
+                              "epochs, hdbo 0.9 over 3 seeds; benchmarks/README.md). --sparsify-epochs and --distill "
+                              "are built but have not beaten it yet.")
     add_common(p)
     p.add_argument("--data", required=True, help="Ultralytics dataset YAML (search slice from val, final check "
                    "from test if present, BN calibration from calib or train)")
