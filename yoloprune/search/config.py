@@ -130,7 +130,7 @@ def check_front(cfg: SearchConfig) -> None:
         raise UserError(f"unknown front '{cfg.pareto}' (choose from {', '.join(FRONTS)})")
     clashes = [flag for flag, on in (("--stages", cfg.stages is not None), ("--sparsify-epochs", cfg.sparsify_epochs),
                                      ("--finetune-epochs", cfg.finetune_epochs), ("--distill", cfg.distill_from),
-                                     ("--strategy", cfg.strategy not in (AUTO_STRATEGY, *FRONT_STRATEGIES)),
+                                     ("--strategy", cfg.strategy not in FRONT_STRATEGIES),
                                      ("--score", cfg.score != DEFAULT_SCORE))
                if on]
     if clashes:

@@ -31,7 +31,6 @@ from yoloprune.search.pareto import (
     FRONT_STRATEGIES,
     auto_front_strategy,
     front_summary,
-    make_front_strategy,
     non_dominated,
 )
 from yoloprune.search.report import classify_regime, plot_front, plot_run, unpruned_map, write_front_report
@@ -41,8 +40,8 @@ from yoloprune.search.strategies import (
     SCAN_PHASE,
     STRATEGY_CLASSES,
     SearchContext,
+    Strategy,
     auto_strategy,
-    make_strategy,
     on_budget,
 )
 from yoloprune.structure.groups import analyse
@@ -74,8 +73,8 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
     auto = cfg.strategy == AUTO_STRATEGY
     if auto:
         cfg = replace(cfg, strategy=resolve_strategy(cfg, store, len(space.groups)))
-    total = FRONT_STRATEGIES[cfg.strategy] if cfg.pareto else STRATEGY_CLASSES[cfg.strategy]
-    total = total.evaluations(cfg.trials, len(space.groups))  # too few trials for the strategy: refused here
+    strategy_cls = FRONT_STRATEGIES[cfg.strategy] if cfg.pareto else STRATEGY_CLASSES[cfg.strategy]
+    total = strategy_cls.evaluations(cfg.trials, len(space.groups))  # too few trials for the strategy: refused here
     meta = {**asdict(cfg), "imgsz": loaded.imgsz, "trials": total, "weights_sha256": sha, "groups": space.names,
             "weights_resolved": str(Path(cfg.weights).resolve()), "data_resolved": str(Path(cfg.data).resolve())}
     bounded = cfg.max_latency_ms is not None or cfg.min_speedup is not None
@@ -99,7 +98,7 @@ def run_search(cfg: SearchConfig, on_trial: Callable[[dict, dict, int], None] | 
         store.write_json("meta.json", meta)
         if latency:
             store.write_json("latency_model.json", asdict(latency))
-        return _search(cfg, loaded, space, budget, timer, store, total, on_trial, log)
+        return _search(cfg, loaded, space, budget, timer, store, strategy_cls, total, on_trial, log)
     finally:
         if timer:
             timer.close()
@@ -128,16 +127,15 @@ def latency_limit(cfg: SearchConfig, unpruned_ms: float, log=None) -> float:
     return float(limit)
 
 
-def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer | None, store: RunStore, total: int,
-            on_trial, log) -> dict:
+def _search(cfg: SearchConfig, loaded, space, budget: Budget, timer: PairedTimer | None, store: RunStore,
+            strategy_cls: type[Strategy], total: int, on_trial, log) -> dict:
     """The trial loop of `run_search` (resumed from the run's trial log), then the final check."""
     evaluator = TrialEvaluator(cfg.data, loaded.model.names, loaded.imgsz, cfg.val_images, cfg.calib_images,
                                recalibrate=cfg.recalibrate, score=cfg.score, reference=loaded.model,
                                slice_seed=cfg.slice_seed, device=resolve_device(cfg.device))
     cfg = replace(cfg, criterion=_criterion(cfg, loaded, space, evaluator, store, log))
     scores = unit_scores(space, cfg.criterion)
-    strategy = make_front_strategy(cfg.strategy, SearchContext(space, budget, scores, cfg.seed, cfg.trials)) \
-        if cfg.pareto else make_strategy(cfg.strategy, space, budget, scores, cfg.seed, cfg.trials)
+    strategy = strategy_cls(SearchContext(space, budget, scores, cfg.seed, total))
     regime = None
     trials = store.trials()
     fit = budget.latency

@@ -263,13 +263,6 @@ def auto_front_strategy(trials: int, n_groups: int) -> str:
     return ScanFront.name if fine_enough else HDBO.name
 
 
-def make_front_strategy(name: str, ctx: SearchContext) -> Strategy:
-    """The front strategy called `name` (a key of FRONT_STRATEGIES); ctx.trials must be what --trials asks."""
-    cls = FRONT_STRATEGIES[name]
-    cls.evaluations(ctx.trials, len(ctx.space.groups))
-    return cls(ctx)
-
-
 def front_summary(trials: list[dict], budget, space) -> dict:
     """front.json: the non-dominated trials (a scan front's probes only within the range's bounds) with their
     rates, mAP and costs (latency by the final estimate), the uniform-rate trials beside them, and the

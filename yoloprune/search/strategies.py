@@ -465,9 +465,3 @@ def auto_strategy(trials: int, n_groups: int, flops_only: bool) -> str:
     fine_enough = Sensitivity.scan_blocks(trials, n_groups) >= min(n_groups, AUTO_SCAN_BLOCKS)
     return Sensitivity.name if flops_only and fine_enough else HDBO.name
 
-
-def make_strategy(name: str, space: PruneSpace, budget: Budget, unit_scores: dict[int, float], seed: int,
-                  trials: int) -> Strategy:
-    """The strategy called `name` (one of STRATEGIES) for a run of `trials` requested trials."""
-    cls = STRATEGY_CLASSES[name]
-    return cls(SearchContext(space, budget, unit_scores, seed, cls.evaluations(trials, len(space.groups))))
