@@ -41,3 +41,16 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     page = (tmp_path / "demo" / "report.html").read_text()
     assert page.count("<img") == 3 and "pruned + fine-tuned" in page
     assert result["search"]["regime"] in ("redundant", "collapsed") and "regime: " in page and "--stages" in page
+
+
+def test_demo_progress_line_reads_a_scan_before_any_candidate_meets_the_budget():
+    from yoloprune import api
+    from yoloprune.default.demo import FULL, trial_line
+    from yoloprune.search.strategies import auto_strategy
+
+    probe = {"trial": 0, "phase": "scan", "map50_95": 0.61}
+    assert trial_line(probe, None, 38) == "  trial 1/38 (scan): mAP50-95 0.6100 (scanning)"
+    allocation = {"trial": 37, "phase": "sensitivity", "map50_95": 0.59}
+    assert trial_line(allocation, allocation, 38).endswith("(best 0.5900)")
+    groups = len(api.analyse(api.load(DEFAULT_WEIGHTS)).groups)
+    assert auto_strategy(FULL["trials"], groups, True) == "sensitivity", "the demo runs the default strategy's scan"

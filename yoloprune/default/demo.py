@@ -17,7 +17,7 @@ from yoloprune.default.problem import DEFAULT_WEIGHTS, default_dataset
 from yoloprune.devices import resolve_device
 from yoloprune.errors import UserError
 
-FULL = {"trials": 12, "val_images": 100, "calib_images": 128, "epochs": 1, "fraction": 0.5, "test_images": 300,
+FULL = {"trials": 40, "val_images": 100, "calib_images": 128, "epochs": 2, "fraction": 0.5, "test_images": 300,
         "bench_runs": 30}
 QUICK = {"trials": 4, "val_images": 24, "calib_images": 32, "epochs": 1, "fraction": 0.02, "test_images": 48,
          "bench_runs": 5}
@@ -43,12 +43,10 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda 
     log(f"searching per-group rates at {DEMO_TARGET_FLOPS:.0%} FLOPs ({p['trials']} trials)")
     summary = api.search(DEFAULT_WEIGHTS, data.yaml_path, DEMO_TARGET_FLOPS, trials=p["trials"],
                          val_images=p["val_images"], calib_images=p["calib_images"], project=str(out / "search"),
-                         device=device,
-                         on_trial=lambda t, best, n: log(f"  trial {t['trial'] + 1}/{n}: mAP50-95 "
-                                                         f"{t['map50_95']:.4f} (best {best['map50_95']:.4f})"))
+                         device=device, on_trial=lambda t, best, n: log(trial_line(t, best, n)))
     log(regime_line(summary))
     pruned = Path(summary["pruned"])
-    log(f"fine-tuning the pruned model ({p['epochs']} epoch on {p['fraction']:.0%} of train)")
+    log(f"fine-tuning the pruned model ({p['epochs']} epoch(s) on {p['fraction']:.0%} of train)")
     tuned = api.finetune(pruned, data.yaml_path, p["epochs"], fraction=p["fraction"], project=str(out / "finetune"),
                      name="exp", exist_ok=True, verbose=False, workers=0, batch=16, device=device)
 
@@ -66,6 +64,12 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda 
     write_text_atomic(out / "summary.json", json.dumps(result, indent=2))
     write_report(result, Path(summary["run_dir"]), out / "report.html")
     return result
+
+
+def trial_line(trial: dict, best: dict | None, total: int) -> str:
+    """One search trial; `best` is None while a scan has only probed groups (nothing on the budget yet)."""
+    lead = "scanning" if best is None else f"best {best['map50_95']:.4f}"
+    return f"  trial {trial['trial'] + 1}/{total} ({trial['phase']}): mAP50-95 {trial['map50_95']:.4f} ({lead})"
 
 
 def regime_line(summary: dict) -> str:
