@@ -222,6 +222,56 @@ def test_a_scan_front_on_latency_allocates_onto_each_ms_level(space):
     assert (np.diff(rates[alloc], axis=0) <= 1e-9).all()
 
 
+def test_a_latency_pick_places_the_scan_allocation_at_the_measured_limit_and_steps_down_once_if_over(
+        space, tmp_path):
+    from dataclasses import asdict
+
+    from yoloprune.latency.model import LatencyModel
+    from yoloprune.search.pick import allocation_within
+    from yoloprune.search.store import RunStore
+
+    levels = sorted(set(space.conv_area.tolist()))
+    latency = LatencyModel({"threads": 1}, levels, [0.5] + [3.0, 0.2] * len(levels), 0.05, {})
+    strategy, rates, phases = scan_front_run(space, trials=30, seed=0,
+                                             budget=Budget(space, None, latency=latency, front="latency"))
+    store = RunStore(tmp_path)
+    for t, (r, p) in enumerate(zip(rates, phases)):  # the scores scan_front_run fed the search
+        score = float(1.0 - (np.random.default_rng(0).random(len(r)) * r ** 2).sum() / len(r))
+        store.append_trial({"trial": t, "phase": str(p), "rates": dict(zip(space.names, map(float, r))),
+                            "score": score})
+    store.write_json("latency_model.json", asdict(latency))
+    unpruned = float(latency.predict(space, np.zeros((1, len(space.groups))))[0])
+    meta = {"strategy": "sensitivity", "pareto": "latency", "target_flops": None, "seed": 0, "trials": 30,
+            "unpruned_latency_ms": unpruned}
+
+    class Timer:  # this machine runs 2x slower than the search's, and the model under-estimates by `bias`
+        unpruned_ms = 2 * unpruned
+
+        def __init__(self, bias):
+            self.bias, self.calls = bias, []
+
+        def measure(self, r):
+            self.calls.append(float(latency.predict(space, r[None])[0]))
+            return 2 * self.calls[-1] * self.bias
+
+    limit = 0.6 * Timer.unpruned_ms
+    exact = Timer(1.0)
+    found, ms = allocation_within(limit, exact, store, meta, space)
+    assert len(exact.calls) == 1 and 0.9 * limit < ms <= limit, "placed at the limit in the run's unit of ms"
+    over = Timer(1.05)
+    found, ms = allocation_within(limit, over, store, meta, space)
+    assert len(over.calls) == 2 and ms <= limit and over.calls[1] < over.calls[0], "one step lower after an overshoot"
+    assert allocation_within(limit, Timer(1.5), store, meta, space) is None, "two overshoots: the front point stands"
+
+    trials = store.trials()  # the search measured its front points 5% above the model: the pick's estimate follows
+    for t in trials[-4:]:
+        t["latency_ms_measured"] = 1.05 * float(latency.predict(space, space.rates_vector(t["rates"])[None])[0])
+    store.write_text("trials.jsonl", "".join(json.dumps(t) + "\n" for t in trials))
+    calibrated = Timer(1.05)
+    found, ms = allocation_within(limit, calibrated, store, meta, space)
+    assert len(calibrated.calls) == 1 and 0.9 * limit < ms <= limit
+
+
 def test_auto_runs_a_scan_front_when_the_trials_afford_twelve_blocks():
     from yoloprune.search.pareto import ScanFront, auto_front_strategy
 
@@ -257,5 +307,5 @@ def test_a_scan_front_resumes_and_pick_takes_the_better_of_its_point_and_the_all
     best = max((t for t in trials if t["flops_ratio"] <= limit), key=lambda t: t["score"])
     assert r["flops_ratio"] <= limit and r["search_map50_95"] >= best["map50_95"]
     assert (r["trial"] is None) == (r["search_map50_95"] > best["map50_95"]), "a trial unless the allocation beat it"
-    assert "the scan's allocation at 50.0%" in picked.stderr
+    assert "the scan's allocation (at 50.0% of the FLOPs)" in picked.stderr
     YOLO(str(tmp_path / "m.pt"))

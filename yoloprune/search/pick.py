@@ -1,13 +1,15 @@
 """`yoloprune pick`: the best point of a front search within a limit, pruned by its recorded rates, recalibrated,
 re-checked on the final-check images and saved as a stock checkpoint (optionally fine-tuned).
 
-A FLOPs limit is read off the trials (on a FLOPs front, the best trial within it is a front point); on a
-scan front (`--strategy sensitivity`) the scan's allocation at exactly the limit is scored too, and the better
-of the two is taken.
+A FLOPs limit is read off the trials (on a FLOPs front, the best trial within it is a front point).
 A latency limit is measured, as the latency search does (ONNX Runtime, paired with the unpruned
 model): along the front, ordered by cost, a bisection measures about log2(points) models and returns
 the most accurate one that measured within the limit (it assumes latency grows along the front,
 true of a latency front by construction and of a FLOPs front up to the latency model's scatter).
+On a scan front (`--strategy sensitivity`) whose range no latency bound limited, the scan's allocation at a
+limit on the front's own axis is scored too (on a latency front: placed by the run's latency model,
+recalibrated on its measured points, then measured, once more a step lower if it measured over), and the
+better of the two is taken.
 """
 
 from __future__ import annotations
@@ -96,8 +98,10 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
             raise UserError(f"no trial keeps at most {target_flops:.1%} of the FLOPs: the cheapest, trial "
                             f"{low['trial']}, keeps {low['flops_ratio']:.1%} (mAP50-95 {low['map50_95']:.4f})")
         best = max(within, key=lambda t: t["score"])
-        if meta["strategy"] == ScanFront.name and meta["pareto"] == "flops" and not timed_bound(meta):
-            best = best_of_allocation(best, target_flops, meta, trials, loaded, space, criterion, evaluator, log)
+        rates = scan_allocation(target_flops, meta, trials, space) if allocates(meta, "flops") else None
+        if rates is not None:
+            best = better_of(best, scored_allocation(rates, meta, loaded, space, criterion, evaluator),
+                             f"at {target_flops:.1%} of the FLOPs", log)
     else:
         threads = latency_threads or meta["latency_threads"]
         timer = PairedTimer(loaded, space, threads)
@@ -106,6 +110,12 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
             limit = min(max_latency_ms or float("inf"), unpruned_ms / min_speedup if min_speedup else float("inf"))
             best, measured_ms = fastest_within(points, limit, lambda p: timer.measure(space.rates_vector(p["rates"])),
                                                log)
+            found = allocation_within(limit, timer, store, meta, space, log) if allocates(meta, "latency") else None
+            if found is not None:
+                taken = better_of(best, scored_allocation(found[0], meta, loaded, space, criterion, evaluator),
+                                  f"measured {found[1]:.2f} ms", log)
+                measured_ms = found[1] if taken is not best else measured_ms
+                best = taken
         finally:
             timer.close()
     result = prune_by_rates(loaded.model, space, best["rates"], criterion)
@@ -131,39 +141,80 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
 
 
 def timed_bound(meta: dict) -> bool:
-    """Whether a run's range was bounded by latency (its allocation would need the run's latency model)."""
+    """Whether a run's range was bounded by latency (its allocation would need that bound's projection too)."""
     return meta.get("max_latency_ms") is not None or meta.get("min_speedup") is not None
 
 
-def best_of_allocation(best: dict, target_flops: float, meta: dict, trials: list[dict], loaded, space, criterion,
-                       evaluator: TrialEvaluator, log: Callable[[str], None] | None = None) -> dict:
-    """On a scan front (`--strategy sensitivity`), the scan's allocation at exactly `target_flops` (the front's
-    points lie at levels spread over its range, up to one level's spacing under the limit), scored on the
-    search slice like a trial: the better of it and the best trial within the limit (`trial` None for it)."""
+def allocates(meta: dict, axis: str) -> bool:
+    """Whether pick also offers the scan's allocation at a limit on `axis`: a scan front on that axis whose range no
+    latency bound limited."""
+    return meta["strategy"] == ScanFront.name and meta["pareto"] == axis and not timed_bound(meta)
+
+
+def scan_allocation(level: float, meta: dict, trials: list[dict], space, latency=None) -> dict[str, float] | None:
+    """The scan's allocation (rates by group) at `level` on the front's axis (FLOPs kept, or the run's estimated
+    ms by `latency`), as the search would have placed it; None for a run whose scan never finished."""
     import numpy as np
 
     from yoloprune.search.budget import Budget
-    from yoloprune.search.executors import CandidateScorer, ScorerSpec
     from yoloprune.search.sensitivity import allocate, scan_scores
     from yoloprune.search.strategies import SearchContext
 
-    budget = Budget(space, meta["target_flops"], front="flops")  # the search's bound, if any
+    budget = Budget(space, meta["target_flops"], latency=latency, front=meta["pareto"])  # the search's bound, if any
     plan = ScanFront(SearchContext(space, budget, {}, meta["seed"], meta["trials"])).plan
     history = np.array([space.rates_vector(t["rates"]) for t in trials])
     found = scan_scores(plan, history, np.array([t["score"] for t in trials], float))
-    if found is None:  # a run whose scan never finished has no allocation to offer
-        return best
-    rates = dict(zip(space.names, map(float, allocate(budget, plan, found, level=target_flops))))
+    return None if found is None else dict(zip(space.names, map(float, allocate(budget, plan, found, level=level))))
+
+
+def allocation_within(limit: float, timer: PairedTimer, store: RunStore, meta: dict, space,
+                      log: Callable[[str], None] | None = None) -> tuple[dict[str, float], float] | None:
+    """(rates, measured ms) of the scan's allocation that measures within `limit` (ms as measured now): placed
+    by the run's latency model (recalibrated on the front's measured points) at the limit, and if it measures
+    over, once more at the limit scaled down by the overshoot; None if both measure over (or no scan finished)."""
+    import numpy as np
+
+    from yoloprune.latency.model import LatencyModel, calibrated
+
+    trials = store.trials()
+    measured = [t for t in trials if t.get("latency_ms_measured") is not None]
+    model = LatencyModel.load(store.path("latency_model.json"))
+    if measured:
+        model = calibrated(model, space, np.array([space.rates_vector(t["rates"]) for t in measured]),
+                           np.array([t["latency_ms_measured"] for t in measured]))
+    level = limit * meta["unpruned_latency_ms"] / timer.unpruned_ms  # the run's unit of ms
+    for _ in range(2):
+        rates = scan_allocation(level, meta, trials, space, latency=model)
+        if rates is None:
+            return None
+        ms = timer.measure(space.rates_vector(rates))
+        if log:
+            log(f"the scan's allocation at {level:.2f} ms estimated: measured {ms:.2f} ms (limit {limit:.2f} ms)")
+        if ms <= limit:
+            return rates, ms
+        level *= limit / ms
+    return None
+
+
+def scored_allocation(rates: dict[str, float], meta: dict, loaded, space, criterion,
+                      evaluator: TrialEvaluator) -> dict:
+    """`rates` scored on the search slice like a trial, recorded as a pick's candidate (`trial` None)."""
+    from yoloprune.search.executors import CandidateScorer, ScorerSpec
+
     spec = ScorerSpec(meta["weights"], meta["data"], loaded.imgsz, meta["round_to"], criterion, meta["val_images"],
                       meta["calib_images"], meta["recalibrate"], meta["score"], meta["slice_seed"], evaluator.device)
     scored = CandidateScorer(spec, loaded, space, evaluator)(rates)
-    flops = float(space.flops_ratio(space.rates_vector(rates)[None])[0])
+    return {"trial": None, "rates": rates, "flops_ratio": float(space.flops_ratio(space.rates_vector(rates)[None])[0]),
+            **scored}
+
+
+def better_of(best: dict, allocation: dict, where: str, log: Callable[[str], None] | None = None) -> dict:
+    """The best front trial within the limit, or the scan's allocation at it if it scores higher."""
     if log:
-        log(f"the scan's allocation at {target_flops:.1%}: {flops:.1%} of the FLOPs, score {scored['score']:.4f} "
-            f"(best trial within the limit: {best['trial']}, {best['flops_ratio']:.1%}, {best['score']:.4f})")
-    if scored["score"] <= best["score"]:
-        return best
-    return {"trial": None, "rates": rates, "flops_ratio": flops, **scored}
+        log(f"the scan's allocation ({where}): {allocation['flops_ratio']:.1%} of the FLOPs, score "
+            f"{allocation['score']:.4f} (best trial within the limit: {best['trial']}, {best['flops_ratio']:.1%}, "
+            f"{best['score']:.4f})")
+    return allocation if allocation["score"] > best["score"] else best
 
 
 def fastest_within(points: list[dict], limit: float, measure: Callable[[dict], float],
