@@ -253,3 +253,23 @@ def test_latency_front_search_and_pick_within_a_measured_limit(tmp_path, tiny_da
     with pytest.raises(UserError, match="no front point measured within"):
         pick(tmp_path / "runs" / "front", tmp_path / "x.pt", max_latency_ms=0.1)
     assert not (tmp_path / "x.pt").exists()
+
+
+
+def test_a_scan_latency_front_pick_measures_the_allocation_at_the_limit(tmp_path, tiny_data, fake_machine,
+                                                                         tiny_weights):
+    from yoloprune.search.config import SearchConfig
+    from yoloprune.search.loop import run_search
+    from yoloprune.search.pick import pick
+
+    cfg = SearchConfig(str(tiny_weights), str(tiny_data.yaml_path), pareto="latency", strategy="sensitivity",
+                       trials=10, latency_models=21, val_images=6, calib_images=8, project=str(tmp_path), name="scan")
+    assert run_search(cfg)["strategy"] == "sensitivity"
+    space = api.analyse(api.load(tiny_weights))
+    limit = 0.8 * UNPRUNED_MS  # above the front's one point (all score 0: the cheapest dominates)
+    logged = []
+    r = pick(tmp_path / "scan", tmp_path / "m.pt", max_latency_ms=limit, log=logged.append)
+    assert any(line.startswith("the scan's allocation placed at") for line in logged), logged
+    assert r["measured_latency_ms"] == pytest.approx(FakeMachine.ms(space, space.rates_vector(r["rates"])))
+    assert r["measured_latency_ms"] <= limit and (tmp_path / "m.pt").exists()
+    assert r["trial"] is not None, "an untrained model scores 0 everywhere: the allocation never beats a front point"

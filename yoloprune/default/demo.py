@@ -40,7 +40,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, log=lambda 
     space = api.analyse(loaded)
     log(f"{len(space.groups)} prunable groups, {api.prunable_flops_share(space):.0%} of conv FLOPs prunable")
 
-    log(f"searching per-group rates at {DEMO_TARGET_FLOPS:.0%} FLOPs ({p['trials']} trials)")
+    log(f"searching per-group rates at {DEMO_TARGET_FLOPS:.0%} FLOPs (--trials {p['trials']})")
     summary = api.search(DEFAULT_WEIGHTS, data.yaml_path, DEMO_TARGET_FLOPS, trials=p["trials"],
                          val_images=p["val_images"], calib_images=p["calib_images"], project=str(out / "search"),
                          device=device, on_trial=lambda t, best, n: log(trial_line(t, best, n)))
@@ -77,11 +77,11 @@ def regime_line(summary: dict) -> str:
     share = summary.get("best_initial_share")
     if share is None:
         return "regime: unscored (the unpruned model scores 0 on the search slice)"
+    kept = f"the best first on-budget candidate keeps {share:.0%} of the unpruned mAP"
     if summary["regime"] == "redundant":
-        return (f"regime: redundant (the best initial candidate keeps {share:.0%} of the unpruned mAP): scoring "
-                f"candidates without retraining has signal here")
-    return (f"regime: collapsed (the best initial candidate keeps {share:.0%} of the unpruned mAP): scores without "
-            f"retraining are small here; if the search's best stays low, compare staged pruning (--stages)")
+        return f"regime: redundant ({kept}): scoring candidates without retraining has signal here"
+    return (f"regime: collapsed ({kept}): scores without retraining are small here; if the search's best stays low, "
+            f"compare staged pruning (--stages)")
 
 
 def format_table(rows: list[dict]) -> list[str]:

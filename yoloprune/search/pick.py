@@ -171,7 +171,8 @@ def allocation_within(limit: float, timer: PairedTimer, store: RunStore, meta: d
                       log: Callable[[str], None] | None = None) -> tuple[dict[str, float], float] | None:
     """(rates, measured ms) of the scan's allocation that measures within `limit` (ms as measured now): placed
     by the run's latency model (recalibrated on the front's measured points) at the limit, and if it measures
-    over, once more at the limit scaled down by the overshoot; None if both measure over (or no scan finished)."""
+    over, once more lower by the overshoot and the model's margin; None if both measure over (or no scan
+    finished). A pick at another thread count than the search's relies on the unpruned ratio and the check."""
     import numpy as np
 
     from yoloprune.latency.model import LatencyModel, calibrated
@@ -182,17 +183,18 @@ def allocation_within(limit: float, timer: PairedTimer, store: RunStore, meta: d
     if measured:
         model = calibrated(model, space, np.array([space.rates_vector(t["rates"]) for t in measured]),
                            np.array([t["latency_ms_measured"] for t in measured]))
-    level = limit * meta["unpruned_latency_ms"] / timer.unpruned_ms  # the run's unit of ms
+    unit = meta["unpruned_latency_ms"] / timer.unpruned_ms  # the run's ms per ms measured now
+    level = limit * unit
     for _ in range(2):
         rates = scan_allocation(level, meta, trials, space, latency=model)
         if rates is None:
             return None
         ms = timer.measure(space.rates_vector(rates))
         if log:
-            log(f"the scan's allocation at {level:.2f} ms estimated: measured {ms:.2f} ms (limit {limit:.2f} ms)")
+            log(f"the scan's allocation placed at {level / unit:.2f} ms: measured {ms:.2f} ms (limit {limit:.2f} ms)")
         if ms <= limit:
             return rates, ms
-        level *= limit / ms
+        level *= limit / ms * (1.0 - model.margin)
     return None
 
 
