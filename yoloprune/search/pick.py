@@ -114,8 +114,8 @@ def pick(run_dir: str | Path, out: str | Path, target_flops: float | None = None
             if found is not None:
                 taken = better_of(best, scored_allocation(found[0], meta, loaded, space, criterion, evaluator),
                                   f"measured {found[1]:.2f} ms", log)
-                measured_ms = found[1] if taken is not best else measured_ms
-                best = taken
+                if taken is not best:
+                    best, measured_ms = taken, found[1]
         finally:
             timer.close()
     result = prune_by_rates(loaded.model, space, best["rates"], criterion)
